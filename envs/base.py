@@ -49,18 +49,28 @@ class DataError(ValueError):
     """A data file is missing or malformed; the message names the file, line and field."""
 
 
+_DATA_LAYOUT = (
+    "a folder laid out as gsm8k/train.jsonl, gsm8k/test.jsonl, bbh/<task>.json, "
+    "bbh/cot-prompts/<task>.txt (GSM8K: github.com/openai/grade-school-math, BIG-Bench Hard: "
+    "github.com/suzgunmirac/BIG-Bench-Hard)"
+)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """``data_dir`` if given, else ``$TRICE_RL_DATA``; an error says how to set either."""
     if data_dir is None:
         data_dir = os.environ.get("TRICE_RL_DATA")
     if not data_dir:
-        raise DataError(
-            "no data folder given: pass data_dir=... or set TRICE_RL_DATA to a folder laid out "
-            "as gsm8k/train.jsonl, gsm8k/test.jsonl, bbh/<task>.json, bbh/cot-prompts/<task>.txt "
-            "(GSM8K: github.com/openai/grade-school-math, BIG-Bench Hard: "
-            "github.com/suzgunmirac/BIG-Bench-Hard)"
-        )
+        raise DataError(f"no data folder given: pass data_dir=... or set TRICE_RL_DATA to {_DATA_LAYOUT}")
     return Path(data_dir).expanduser()
+
+
+def data_file(data_dir: str | os.PathLike | None, relative: str) -> Path:
+    """The file ``relative`` inside the data folder; a DataError names it when it is missing."""
+    path = resolve_data_dir(data_dir) / relative
+    if not path.is_file():
+        raise DataError(f"missing data file {path}: data_dir (or TRICE_RL_DATA) must be {_DATA_LAYOUT}")
+    return path
 
 
 class Task:
@@ -129,14 +139,21 @@ class Task:
     def extract_answer(self, completion: str) -> str | None:
         """The normalised answer that a completion states, or ``None``.
 
-        The last "the answer is X" wins; tasks may add fallbacks (GSM8K: a bare final number).
+        The last "the answer is X" wins; without any, :meth:`fallback_answer` decides.
         """
         completion = completion[-MAX_COMPLETION_CHARS:]
         matches = _ANSWER_IS.findall(completion)
+        if not matches:
+            return self.fallback_answer(completion)
         for candidate in reversed(matches):
             normalized = self.normalize(self.clean_answer(candidate))
             if normalized is not None:
                 return normalized
+        return None
+
+    def fallback_answer(self, completion: str) -> str | None:
+        """The answer of a completion that never says "the answer is": none by default
+        (GSM8K reads a bare final number)."""
         return None
 
     def is_correct(self, completion: str, target: str) -> bool:

@@ -1,0 +1,85 @@
+"""GSM8K grade-school math word problems as a reasoning task (``trice_rl/GSM8K-v0``).
+
+## Description
+The standard GSM8K split (Cobbe et al., 2021): 7,473 training and 1,319 test problems, read
+from ``<data_dir>/gsm8k/train.jsonl`` and ``<data_dir>/gsm8k/test.jsonl`` (JSON Lines with
+string fields ``question`` and ``answer``; the reference answer ends with ``#### N``).
+Every training example carries a gold rationale: the reference solution without its
+calculator annotations, ending in "So the answer is N.".
+
+## Action Space
+Any string: the model's completion after the chain-of-thought prompt.
+
+## Observation Space
+The prompt: ``Question: <problem>\\nAnswer: Let's think step by step.\\n``.
+
+## Rewards
+1.0 when the completion's final answer equals the reference number, else 0.0.  The answer
+is the number after the last "the answer is"; a completion that never says "the answer is"
+is read by its last number.  Numbers compare exactly after normalisation
+(:func:`envs.answers.normalize_number`): thousands commas, ``$``, ``%``, trailing ``.0`` and
+minus signs are handled, so ``$1,080.00`` equals ``1080``.
+
+## Episode End
+After the single step.
+
+## Arguments
+``gymnasium.make("trice_rl/GSM8K-v0", data_dir=None, split="train", prompt="cot")``;
+``data_dir`` defaults to ``$TRICE_RL_DATA``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from envs.answers import last_number, normalize_number
+from envs.base import DataError, Example, Task, data_file, register_task
+
+_CALCULATOR_ANNOTATION = re.compile(r"<<.*?>>")
+_FINAL_ANSWER_MARKER = "#### "
+
+
+class GSM8KTask(Task):
+    """GSM8K with numeric answers; ``data_dir`` defaults to ``$TRICE_RL_DATA``."""
+
+    name = "gsm8k"
+
+    def __init__(self, data_dir: str | os.PathLike | None = None):
+        super().__init__()
+        self.data_dir = data_dir
+
+    def load_split(self, split: str) -> list[Example]:
+        path = data_file(self.data_dir, f"gsm8k/{split}.jsonl")
+        examples = []
+        with path.open(encoding="utf-8") as lines:
+            for line_number, line in enumerate(lines, start=1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
+                for field in ("question", "answer"):
+                    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                        raise DataError(f"{path}, line {line_number}: field {field!r} is missing or not a string")
+                if _FINAL_ANSWER_MARKER not in record["answer"]:
+                    raise DataError(f"{path}, line {line_number}: field 'answer' has no '{_FINAL_ANSWER_MARKER}' line")
+                examples.append(self._example(record["question"], record["answer"]))
+        return examples
+
+    def _example(self, question: str, solution: str) -> Example:
+        """The target (text after the last ``#### ``, commas removed) and the gold rationale."""
+        steps, _, final = solution.rpartition(_FINAL_ANSWER_MARKER)
+        answer = final.strip().replace(",", "")
+        steps = _CALCULATOR_ANNOTATION.sub("", steps).rstrip()
+        rationale = f"{steps}\n{self.answer_sentence(answer)}" if steps else self.answer_sentence(answer)
+        return Example(question=question, answer=answer, rationale=rationale)
+
+    def normalize(self, answer: str) -> str | None:
+        return normalize_number(answer)
+
+    def fallback_answer(self, completion: str) -> str | None:
+        return last_number(completion)
+
+
+register_task("trice_rl/GSM8K-v0", GSM8KTask)

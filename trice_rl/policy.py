@@ -1,0 +1,514 @@
+"""The one Policy every algorithm uses: a Hugging Face causal LM, its tokenizer and the
+parameters being tuned.
+
+Why a hand-written sampling loop instead of ``model.generate``: TRICE's acceptance rule is
+only exact for unmodified ancestral samples, and every algorithm needs the summed
+log-probability of exactly the tokens it drew.  The loop below samples from the model's
+softmax at temperature 1 (no top-k / top-p unless asked), keeps the KV cache, left-pads
+prompts with position ids derived from the attention mask (so padding never changes a
+result), encodes each prompt once for its ``n`` samples and drops finished rows from the
+batch.  The soft prompt of ``tune="prompt"`` is prepended by this class for the same
+reason: exact control of positions and masks.  peft still owns the tunable parameters
+(initialisation, ``save_pretrained`` format).
+
+Every call is charged to a :class:`~trice_rl.budget.BudgetMeter`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+
+from trice_rl.budget import BudgetMeter
+
+TUNE_MODES = ("full", "lora", "prompt")
+DEFAULT_SOFT_PROMPT_TEXT = "Let's think step by step about the question and then give the answer."
+_POLICY_FILE = "trice_rl_policy.json"
+
+Completion = str | Sequence[int]
+
+
+@dataclass
+class Samples:
+    """Completions drawn by :meth:`Policy.sample` (prompt-major: prompt ``i``'s samples are
+    rows ``i*n .. i*n+n-1``).
+
+    ``token_ids`` are exactly the tokens drawn, including the EOS token or the tokens of the
+    stop string that ended a sample; pass them (not ``texts``) to :meth:`Policy.logprob` to
+    score a sample exactly.  ``texts`` are decoded without special tokens and cut before the
+    stop string.  ``logprobs`` are the summed log-probabilities of ``token_ids`` under the
+    model (temperature 1, no truncation), whatever sampling settings drew them.
+    """
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    logprobs: torch.Tensor
+    prompt_index: list[int]
+    finished: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(ids) for ids in self.token_ids)
+
+
+class Policy:
+    """A causal LM with tunable parameters, metered sampling and differentiable scoring.
+
+    Arguments:
+        model, tokenizer: any Hugging Face causal LM and its tokenizer.
+        tune: ``"full"`` (all weights), ``"lora"`` (peft LoRA adapters) or ``"prompt"``
+            (peft prompt tuning: a soft prompt initialised from the embedding of
+            ``soft_prompt_text``, as in the TRICE paper; the LM is frozen).
+        meter: the BudgetMeter to charge (a new one by default).
+        seed: seeds the policy's own sampling generator.
+        device, dtype: where and in what precision the model runs (CPU, float32 by default).
+        lora_rank, lora_alpha, lora_target_modules: LoRA settings.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer,
+        tune: str = "full",
+        *,
+        meter: BudgetMeter | None = None,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        soft_prompt_text: str = DEFAULT_SOFT_PROMPT_TEXT,
+        lora_rank: int = 8,
+        lora_alpha: int = 16,
+        lora_target_modules: str | list[str] | None = None,
+        max_batch_size: int = 256,
+    ):
+        if tune not in TUNE_MODES:
+            raise ValueError(f"tune must be one of {', '.join(TUNE_MODES)}; got {tune!r}")
+        self.device = torch.device(device or "cpu")
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        self.tokenizer = tokenizer
+        self.tune = tune
+        self.meter = meter or BudgetMeter()
+        self.max_batch_size = max_batch_size
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        model = model.to(device=self.device, dtype=dtype) if dtype is not None else model.to(self.device)
+        self.base_model = model
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if self.pad_token_id is None:
+            raise ValueError("the tokenizer has neither a pad token nor an EOS token")
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+        self.soft_prompt: torch.nn.Parameter | None = None
+        self.model = self._setup_tuning(model, tune, soft_prompt_text, lora_rank, lora_alpha, lora_target_modules)
+        self.model.eval()  # no dropout: samples and scores must come from one distribution
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, tune: str = "full", **kwargs) -> "Policy":
+        """Load a local folder or a hub id; ``"builtin"`` (or ``"builtin:<family>"``) is the
+        project's embedded model, built and cached on first use."""
+        path = resolve_model_path(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        dtype = kwargs.get("dtype")
+        load_kwargs = {"dtype": getattr(torch, dtype) if isinstance(dtype, str) else dtype} if dtype else {}
+        model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+        return cls(model, tokenizer, tune=tune, **kwargs)
+
+    def _setup_tuning(self, model, tune, soft_prompt_text, lora_rank, lora_alpha, lora_target_modules):
+        if tune == "full":
+            for parameter in model.parameters():
+                parameter.requires_grad_(True)
+            return model
+        from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+        if tune == "lora":
+            config = LoraConfig(
+                task_type=TaskType.CAUSAL_LM,
+                r=lora_rank,
+                lora_alpha=lora_alpha,
+                lora_dropout=0.0,
+                target_modules=lora_target_modules or "all-linear",
+            )
+            return get_peft_model(model, config)
+        init_ids = self.tokenizer(soft_prompt_text, add_special_tokens=False).input_ids
+        if not init_ids:
+            raise ValueError("soft_prompt_text must tokenize to at least one token")
+        config = PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=len(init_ids),
+            prompt_tuning_init=PromptTuningInit.RANDOM,
+        )
+        peft_model = get_peft_model(model, config)
+        embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
+        with torch.no_grad():
+            ids = torch.tensor(init_ids, device=self.device)
+            embedding.weight.copy_(model.get_input_embeddings()(ids).to(embedding.weight.dtype))
+        self.soft_prompt = embedding.weight
+        self.soft_prompt_text = soft_prompt_text
+        return peft_model
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+
+    def num_trainable_parameters(self) -> int:
+        return sum(parameter.numel() for parameter in self.trainable_parameters())
+
+    # ------------------------------------------------------------ the forward
+    @property
+    def _lm(self):
+        """The module called for logits: peft's LoRA wrapper passes position ids through;
+        for prompt tuning the soft prompt is prepended here, so the raw model is called."""
+        if self.tune == "prompt":
+            return self.model.get_base_model()
+        return self.model
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None, logits_to_keep: int = 0):
+        """Logits for ``input_ids``; on the first call (no cache yet) the soft prompt, if any,
+        is prepended and ``attention_mask`` must already include its columns."""
+        embeds = self._lm.get_input_embeddings()(input_ids)
+        if self.soft_prompt is not None and (cache is None or cache.get_seq_length() == 0):
+            prompt = self.soft_prompt.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
+            embeds = torch.cat([prompt, embeds], dim=1)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -embeds.shape[1]:]
+        out = self._lm(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits
+
+    @property
+    def _num_virtual_tokens(self) -> int:
+        return 0 if self.soft_prompt is None else self.soft_prompt.shape[0]
+
+    def _mask_with_soft_prompt(self, mask: torch.Tensor) -> torch.Tensor:
+        if self.soft_prompt is None:
+            return mask
+        ones = torch.ones(mask.shape[0], self._num_virtual_tokens, dtype=mask.dtype, device=mask.device)
+        return torch.cat([ones, mask], dim=1)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        return [self.tokenizer(prompt).input_ids for prompt in prompts]
+
+    def encode_completions(self, completions: Sequence[Completion]) -> list[list[int]]:
+        return [
+            self.tokenizer(c, add_special_tokens=False).input_ids if isinstance(c, str) else [int(t) for t in c]
+            for c in completions
+        ]
+
+    # ---------------------------------------------------------------- scoring
+    def logprob(self, prompts: Sequence[str], completions: Sequence[Completion], batch_size: int | None = None) -> torch.Tensor:
+        """Summed log-probabilities of each completion given its prompt: a differentiable
+        tensor (len(prompts),).  A completion is text or a list of token ids (the exact
+        tokens of a sample).  Padding never changes a value."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"logprob: {len(prompts)} prompts but {len(completions)} completions")
+        prompt_ids = self.encode_prompts(prompts)
+        completion_ids = self.encode_completions(completions)
+        batch_size = batch_size or self.max_batch_size
+        parts = [
+            self._logprob_batch(prompt_ids[i : i + batch_size], completion_ids[i : i + batch_size])
+            for i in range(0, len(prompt_ids), batch_size)
+        ]
+        self.meter.add_scored(sum(len(ids) for ids in completion_ids))
+        return torch.cat(parts) if parts else torch.zeros(0, device=self.device)
+
+    def _logprob_batch(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> torch.Tensor:
+        # Prompts are left-padded and completions right-padded, so every completion starts at
+        # the same column and only its logits need the vocabulary projection.
+        prompt_len = max(len(ids) for ids in prompt_ids)
+        completion_len = max(max(len(ids) for ids in completion_ids), 1)
+        rows = len(prompt_ids)
+        input_ids = torch.full((rows, prompt_len + completion_len), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        target_mask = torch.zeros(rows, completion_len, dtype=torch.bool)
+        for row, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+            input_ids[row, prompt_len - len(p) : prompt_len] = torch.tensor(p, dtype=torch.long)
+            input_ids[row, prompt_len : prompt_len + len(c)] = torch.tensor(c, dtype=torch.long)
+            mask[row, prompt_len - len(p) : prompt_len + len(c)] = 1
+            target_mask[row, : len(c)] = True
+        input_ids, mask, target_mask = input_ids.to(self.device), mask.to(self.device), target_mask.to(self.device)
+        logits = self._forward(input_ids, self._mask_with_soft_prompt(mask), logits_to_keep=completion_len + 1)
+        logits = logits[:, :-1].float()
+        targets = input_ids[:, prompt_len:]
+        token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return (token_logprobs * target_mask).sum(-1)
+
+    def accumulate_gradient(
+        self, prompts: Sequence[str], completions: Sequence[Completion], coefficients: Sequence[float] | torch.Tensor, batch_size: int | None = None
+    ) -> float:
+        """Backpropagate ``-(coefficients * logprob(prompts, completions)).sum()`` in micro
+        batches (gradients accumulate in ``.grad``), so that a weighted score-function loss
+        over many completions never holds all activations at once.  Returns the loss."""
+        coefficients = torch.as_tensor(coefficients, dtype=torch.float32, device=self.device)
+        if coefficients.shape != (len(prompts),):
+            raise ValueError(f"accumulate_gradient: {len(prompts)} prompts but coefficients of shape {tuple(coefficients.shape)}")
+        batch_size = batch_size or self.max_batch_size
+        total = 0.0
+        for start in range(0, len(prompts), batch_size):
+            end = start + batch_size
+            logprobs = self.logprob(prompts[start:end], completions[start:end])
+            loss = -(coefficients[start:end] * logprobs).sum()
+            if loss.requires_grad:
+                loss.backward()
+            total += float(loss.detach())
+        return total
+
+    # --------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        *,
+        temperature: float = 1.0,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+    ) -> Samples:
+        """``n`` completions per prompt by ancestral sampling (exact model samples at the
+        default temperature 1 without top-k / top-p).  A sample ends at EOS, at any string of
+        ``stop``, or after ``max_new_tokens``.  ``seed`` makes the call reproducible;
+        without it the policy's own generator (seeded at construction) is used."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if temperature <= 0:
+            raise ValueError("temperature must be positive; use greedy() for temperature 0")
+        return self._decode(prompts, n, temperature, max_new_tokens, stop, top_k, top_p, seed, batch_size, greedy=False)
+
+    @torch.no_grad()
+    def greedy(self, prompts: Sequence[str], *, max_new_tokens: int = 256, stop: Sequence[str] | None = None, batch_size: int | None = None) -> Samples:
+        """Greedy (arg-max) decoding, for evaluation."""
+        return self._decode(prompts, 1, 1.0, max_new_tokens, stop, None, None, None, batch_size, greedy=True)
+
+    def _decode(self, prompts, n, temperature, max_new_tokens, stop, top_k, top_p, seed, batch_size, greedy) -> Samples:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        generator = self.generator if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        stop = tuple(s for s in (stop or ()) if s)
+        prompt_ids = self.encode_prompts(prompts)
+        batch_rows = batch_size or self.max_batch_size
+        prompts_per_batch = max(1, batch_rows // n)
+        was_training = self.model.training
+        self.model.eval()
+        token_ids: list[list[int]] = []
+        logprobs: list[torch.Tensor] = []
+        finished: list[bool] = []
+        try:
+            for start in range(0, len(prompt_ids), prompts_per_batch):
+                ids, lps, done = self._decode_batch(
+                    prompt_ids[start : start + prompts_per_batch], n, temperature, max_new_tokens, stop, top_k, top_p, generator, greedy
+                )
+                token_ids += ids
+                logprobs.append(lps)
+                finished += done
+        finally:
+            self.model.train(was_training)
+        texts = [self._completion_text(ids, stop) for ids in token_ids]
+        samples = Samples(
+            texts=texts,
+            token_ids=token_ids,
+            logprobs=torch.cat(logprobs) if logprobs else torch.zeros(0),
+            prompt_index=[i for i in range(len(prompts)) for _ in range(n)],
+            finished=finished,
+        )
+        self.meter.add_samples(len(samples), samples.num_tokens)
+        return samples
+
+    def _completion_text(self, ids: list[int], stop: tuple[str, ...]) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        return text[:cut] if cut >= 0 else text
+
+    def _decode_batch(self, prompt_ids, n, temperature, max_new_tokens, stop, top_k, top_p, generator, greedy):
+        device = self.device
+        prompt_len = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), prompt_len), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, prompt_len - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[row, prompt_len - len(ids) :] = 1
+        input_ids, mask = input_ids.to(device), self._mask_with_soft_prompt(mask.to(device))
+
+        # Encode each prompt once, then copy its cache for its n samples.
+        cache = DynamicCache(config=self._lm.config)
+        logits = self._forward(input_ids, mask, cache=cache, logits_to_keep=1)[:, -1].float()
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)
+            mask = mask.repeat_interleave(n, dim=0)
+        rows = logits.shape[0]
+        active = torch.arange(rows, device=device)  # original row of each row still running
+        generated = torch.full((rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
+        lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        total_logprob = torch.zeros(rows, dtype=torch.float32, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        eos = torch.tensor(self.eos_token_ids, device=device)
+        stop_window = max((len(s) for s in stop), default=0) + 2
+
+        for step in range(max_new_tokens):
+            model_logprobs = torch.log_softmax(logits, dim=-1)
+            if greedy:
+                next_tokens = model_logprobs.argmax(dim=-1)
+            else:
+                next_tokens = _draw(logits, temperature, top_k, top_p, generator)
+            total_logprob[active] += model_logprobs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
+            generated[active, step] = next_tokens
+            lengths[active] += 1
+            ended = torch.isin(next_tokens, eos)
+            if stop:
+                ended |= self._hits_stop_string(generated[active, max(0, step + 1 - stop_window) : step + 1], stop)
+            done[active[ended]] = True
+            keep = ~ended
+            if not keep.any() or step + 1 == max_new_tokens:
+                break
+            if not keep.all():
+                kept = keep.nonzero().squeeze(-1)
+                cache.batch_select_indices(kept)
+                active, mask, next_tokens = active[kept], mask[kept], next_tokens[kept]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits = self._forward(next_tokens.unsqueeze(-1), mask, cache=cache, logits_to_keep=1)[:, -1].float()
+
+        generated, lengths = generated.cpu(), lengths.cpu()
+        token_ids = [generated[row, : lengths[row]].tolist() for row in range(rows)]
+        return token_ids, total_logprob.cpu(), done.cpu().tolist()
+
+    def _hits_stop_string(self, tails: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(tails.tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in stop) for text in texts], dtype=torch.bool, device=tails.device)
+
+    # -------------------------------------------------------------- optimizer
+    def make_optimizer(self, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+        """AdamW over the tunable parameters."""
+        return torch.optim.AdamW(self.trainable_parameters(), lr=lr, weight_decay=weight_decay, betas=betas)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, scheduler=None, max_grad_norm: float | None = 1.0) -> float:
+        """Clip, step, zero the gradients and charge one optimizer step; returns the
+        gradient norm before clipping."""
+        parameters = self.trainable_parameters()
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            norm = 0.0
+        elif max_grad_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.meter.add_optimizer_step()
+        return norm
+
+    # ------------------------------------------------------------ persistence
+    def tunable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tuned parameters only (all weights for ``full``), detached copies."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        return {names[id(p)]: p.detach().clone() for p in self.trainable_parameters()}
+
+    def load_tunable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        parameters = dict(self.model.named_parameters())
+        missing = [name for name in self.tunable_state_dict() if name not in state]
+        unknown = [name for name in state if name not in parameters]
+        if missing or unknown:
+            raise ValueError(f"tunable state does not match this policy (tune={self.tune}): missing {missing[:5]}, unknown {unknown[:5]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                parameters[name].copy_(value.to(parameters[name].device, parameters[name].dtype))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the tunable part: a full HF model folder for ``full``, a peft adapter folder
+        (``adapter_config.json`` + ``adapter_model.safetensors``) for ``lora`` / ``prompt``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        if self.tune == "full":
+            self.tokenizer.save_pretrained(path)
+        (path / _POLICY_FILE).write_text(json.dumps({"tune": self.tune}, indent=2))
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load what :meth:`save` wrote into this policy (same base model and tune mode)."""
+        path = Path(path)
+        info_file = path / _POLICY_FILE
+        if not info_file.exists():
+            raise FileNotFoundError(f"{info_file} not found: {path} was not written by Policy.save")
+        saved_tune = json.loads(info_file.read_text())["tune"]
+        if saved_tune != self.tune:
+            raise ValueError(f"{path} holds tune={saved_tune!r} parameters but this policy has tune={self.tune!r}")
+        if self.tune == "full":
+            state = AutoModelForCausalLM.from_pretrained(path).state_dict()
+            self.model.load_state_dict(state)
+            return
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        result = set_peft_model_state_dict(self.model, load_peft_weights(str(path), device=str(self.device)))
+        # peft loads prompt embeddings outside the module state dict and lists them as unexpected.
+        unexpected = [key for key in getattr(result, "unexpected_keys", []) if key != "prompt_embeddings"]
+        if unexpected:
+            raise ValueError(f"{path}: adapter weights do not fit this model: {unexpected[:5]}")
+
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from softmax(logits / temperature), optionally truncated."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer) -> list[int]:
+    ids: set[int] = set()
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (config_eos, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, Iterable):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``builtin`` / ``builtin:<family>`` → the cached built-in model folder (built on first
+    use); an existing local folder as is; anything else is treated as a hub id."""
+    if name_or_path == "builtin" or name_or_path.startswith("builtin:"):
+        from trice_rl.builtin_model import builtin_model_path
+
+        family = name_or_path.partition(":")[2] or "arithmetic"
+        return str(builtin_model_path(family=family))
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.sep in name_or_path and not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model folder {name_or_path!r} does not exist; give a local folder, a hub id or 'builtin'")
+    return name_or_path
