@@ -25,9 +25,10 @@ HINTED_TEMPLATE = "Question: {question}\nAnswer: The answer is {answer}. Let's t
 DIRECT_TEMPLATE = "Question: {question}\nAnswer: The answer is "
 FEW_SHOT_SEPARATOR = "\n\n"
 
-# The last "the answer is X" in a completion wins; X runs to the end of its line, and one
+# The last "the answer is X" in a completion wins; X runs to the end of its line or to the
+# next "the answer is" on it (so a second statement on the same line is found too), and one
 # trailing full stop (the sentence end) is dropped by ``Task.clean_answer``.
-_ANSWER_IS = re.compile(r"the answer is\s*(.*)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"the answer is\s*((?:(?!the answer is)[^\n])*)", re.IGNORECASE)
 
 MAX_COMPLETION_CHARS = 100_000
 

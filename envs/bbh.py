@@ -250,7 +250,8 @@ class BBHTask(Task):
             if index - start == max_draws:
                 raise RuntimeError(
                     f"{self.name}: only {len(examples)} of {count} generated {split} questions "
-                    f"differ from the held-out ones after {max_draws} draws"
+                    f"differ from the held-out ones after {max_draws} draws; the question space may "
+                    "be used up (boolean_expressions has 2,122): lower num_train or num_validation"
                 )
             example = generate(index, self.seed)
             if _same_question_key(example.question) not in taken:

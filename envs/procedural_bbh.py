@@ -165,10 +165,15 @@ def all_boolean_expressions(num_tokens: int = BOOLEAN_TOKENS) -> tuple[str, ...]
     return tuple(sorted(expressions))
 
 
+def draw_boolean_expression(rng: np.random.Generator) -> str:
+    """Uniform over all 8-token expressions, as the real items are."""
+    expressions = all_boolean_expressions()
+    return expressions[int(rng.integers(len(expressions)))]
+
+
 def generate_boolean_expressions(index: int, seed: int) -> Example:
     """A BBH boolean_expressions item ("... is", target "True"/"False") with a gold rationale."""
-    expressions = all_boolean_expressions()
-    expression = expressions[int(np.random.default_rng([seed, index]).integers(len(expressions)))]
+    expression = draw_boolean_expression(np.random.default_rng([seed, index]))
     forms = boolean_reductions(expression)
     return Example(f"{expression} is", forms[-1], boolean_rationale(forms))
 
@@ -204,10 +209,8 @@ def multistep_rationale(
     return " ".join(sentences + [f"So the answer is {answer}."]), answer
 
 
-def generate_multistep_arithmetic_two(index: int, seed: int) -> Example:
-    """A BBH multistep_arithmetic_two item ("((...) o (...)) =", integer target) with a gold
-    rationale."""
-    rng = np.random.default_rng([seed, index])
+def draw_multistep(rng: np.random.Generator) -> tuple[list[int | str], str, list[int | str]]:
+    """(left group terms, middle operator, right group terms) of one BBH-shaped question."""
 
     def group() -> list[int | str]:
         operands = rng.integers(OPERAND_RANGE[0], OPERAND_RANGE[1] + 1, size=OPERANDS_PER_GROUP)
@@ -218,7 +221,16 @@ def generate_multistep_arithmetic_two(index: int, seed: int) -> Example:
         return terms
 
     left, right = group(), group()
-    middle = str(rng.choice(ARITHMETIC_OPERATORS))
+    return left, str(rng.choice(ARITHMETIC_OPERATORS)), right
+
+
+def multistep_question(left: list[int | str], middle: str, right: list[int | str]) -> str:
+    return f"(({render_terms(left)}) {middle} ({render_terms(right)})) ="
+
+
+def generate_multistep_arithmetic_two(index: int, seed: int) -> Example:
+    """A BBH multistep_arithmetic_two item ("((...) o (...)) =", integer target) with a gold
+    rationale."""
+    left, middle, right = draw_multistep(np.random.default_rng([seed, index]))
     rationale, answer = multistep_rationale(left, middle, right)
-    question = f"(({render_terms(left)}) {middle} ({render_terms(right)})) ="
-    return Example(question, str(answer), rationale)
+    return Example(multistep_question(left, middle, right), str(answer), rationale)

@@ -4,31 +4,12 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from trice_rl.budget import Budget, BudgetMeter
 from trice_rl.policy import Policy
 
 PROMPTS = ["Question: 3 + 4?\nAnswer: Let's think step by step.\n", "Q: x", "Question: what is 12 - 7 modulo 10?\n"]
-
-
-@pytest.fixture(scope="module")
-def tiny_config(char_tokenizer):
-    return LlamaConfig(
-        vocab_size=len(char_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        # A wide initialisation: with the default 0.02 the final RMSNorm bounds the logits
-        # so tightly that frozen-base tuning modes cannot move the output distribution.
-        initializer_range=0.3,
-        pad_token_id=char_tokenizer.pad_token_id,
-        bos_token_id=char_tokenizer.bos_token_id,
-        eos_token_id=char_tokenizer.eos_token_id,
-    )
 
 
 def make_policy(tiny_config, tokenizer, tune="full", seed=0, **kwargs):

@@ -500,13 +500,13 @@ def _eos_ids(model: PreTrainedModel, tokenizer) -> list[int]:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``builtin`` / ``builtin:<family>`` → the cached built-in model folder (built on first
-    use); an existing local folder as is; anything else is treated as a hub id."""
+    """``builtin`` / ``builtin:<family>[:<size>]`` → the cached built-in model folder (built
+    on first use); an existing local folder as is; anything else is treated as a hub id."""
     if name_or_path == "builtin" or name_or_path.startswith("builtin:"):
         from trice_rl.builtin_model import builtin_model_path
 
-        family = name_or_path.partition(":")[2] or "arithmetic"
-        return str(builtin_model_path(family=family))
+        _, family, size = (name_or_path.split(":") + ["", ""])[:3]
+        return str(builtin_model_path(family=family or "arithmetic", size=size or "default"))
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.sep in name_or_path and not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):

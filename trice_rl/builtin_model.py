@@ -1,0 +1,364 @@
+"""The embedded default model: a small Llama with a character tokenizer, pre-trained here.
+
+No weights can be downloaded on an offline machine, so the project builds its own stand-in
+for "a pretrained LLM prompted to think step by step".  It is pre-trained on generated text
+for one task family, written in the project's prompt templates:
+
+* chain-of-thought texts (``cot prompt + rationale + EOS``) whose rationales contain
+  *systematic* mistakes: a fixed kind of step (arithmetic: a step that wraps around the
+  modulus) is written wrong in a fixed fraction of its occurrences.  The model learns that
+  mixture, so greedy decoding repeats the mistake and sampling gets such steps right only
+  sometimes: accuracy starts low but clearly above zero, and falls with the number of
+  risky steps, which spreads per-example difficulty from near 1 to near 0;
+* hinted texts (the answer shown in the prompt, as TRICE's memory initialisation and
+  STaR's rationalisation use) with fewer mistakes, so hinted sampling is clearly better;
+* direct texts (``The answer is y.``), so direct answering is well-formed but, without the
+  steps, hard;
+* a few of any format preceded by one to three exemplars of the same format, so few-shot
+  prompts and prompt tuning see familiar context.
+
+The model is deterministic for a seed, cached under ``$TRICE_RL_CACHE`` (default
+``~/.cache/trice_rl``) in ``builtin/<family>-<size>-<config hash>/``, written atomically,
+and rebuilt (printing its accuracies) by::
+
+    python -m trice_rl.builtin_model --family arithmetic [--size default|tiny] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import string
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from envs.arithmetic import ArithmeticConfig, generate_chain, true_step_result, wraps, write_rationale
+from envs.base import FEW_SHOT_SEPARATOR, Task
+from envs.procedural_bbh import (
+    boolean_rationale,
+    boolean_reductions,
+    draw_boolean_expression,
+    draw_multistep,
+    multistep_question,
+    multistep_rationale,
+    true_arithmetic,
+    true_boolean,
+)
+
+FAMILIES = ("arithmetic", "boolean_expressions", "multistep_arithmetic_two")
+SIZES = ("default", "tiny")
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+# Every printable ASCII character except the rare vertical whitespace: covers all tasks.
+CHARACTERS = "".join(c for c in string.printable if c not in "\x0b\x0c\r")
+BUILD_THREADS = 2
+CONFIG_FILE = "builtin_config.json"
+# The arithmetic corpus spans a little more than the task's default 2..7 steps, so that
+# shorter and longer chains (difficulty overrides) are not out of distribution.
+PRETRAIN_ARITHMETIC = ArithmeticConfig(min_steps=1, max_steps=8)
+
+
+@dataclass(frozen=True)
+class BuiltinConfig:
+    """Everything a build depends on; its hash names the cache folder."""
+
+    family: str = "arithmetic"
+    size: str = "default"
+    seed: int = 0
+    # Llama shape
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 2048
+    # optimisation
+    train_steps: int = 1500
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    # corpus
+    cot_mistake_rate: float = 0.6
+    hinted_mistake_rate: float = 0.2
+    hinted_fraction: float = 0.25
+    direct_fraction: float = 0.1
+    few_shot_fraction: float = 0.1
+    max_few_shot: int = 3
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; valid: {', '.join(FAMILIES)}")
+        if self.hinted_fraction + self.direct_fraction > 1:
+            raise ValueError("hinted_fraction + direct_fraction must be at most 1")
+
+    @classmethod
+    def preset(cls, family: str = "arithmetic", size: str = "default", seed: int = 0) -> "BuiltinConfig":
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
+        config = replace(cls(family=family, size=size, seed=seed), **_FAMILY_PRESETS.get(family, {}))
+        return replace(config, **_TINY) if size == "tiny" else config
+
+    def folder_name(self) -> str:
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.family}-{self.size}-{digest}"
+
+
+_FAMILY_PRESETS: dict[str, dict] = {}
+# Seconds to build, accuracy irrelevant: for tests.
+_TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, train_steps=8, batch_size=8, warmup_steps=2)
+
+
+# ----------------------------------------------------------------------- the cache
+def cache_root() -> Path:
+    return Path(os.environ.get("TRICE_RL_CACHE") or "~/.cache/trice_rl").expanduser()
+
+
+def builtin_model_path(family: str = "arithmetic", size: str = "default", seed: int = 0, rebuild: bool = False) -> Path:
+    """The folder of the built-in model (an ordinary HF model folder), built if missing."""
+    config = BuiltinConfig.preset(family, size, seed)
+    folder = cache_root() / "builtin" / config.folder_name()
+    if folder.is_dir() and not rebuild:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the destination and rename into place: a crash leaves only a temp folder.
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        build(config, staging)
+        if rebuild and folder.is_dir():
+            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
+            folder.rename(retired / "model")
+            shutil.rmtree(retired)
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not folder.is_dir():  # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+# ----------------------------------------------------------------------- tokenizer
+def build_tokenizer():
+    """A character-level fast tokenizer: one token per character, BOS prepended to inputs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate((PAD, BOS, EOS, UNK, *CHARACTERS))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    core.decoder = decoders.Fuse()
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,  # " ." and " )" are real text here
+        model_max_length=BuiltinConfig.max_position_embeddings,
+    )
+
+
+# ------------------------------------------------------------------------- corpus
+# A problem: (question, gold answer, write_rationale(mistake_rate) -> rationale text).
+Problem = tuple[str, str, Callable[[float], str]]
+
+
+def _arithmetic_problem(rng: np.random.Generator, index: int) -> Problem:
+    chain = generate_chain(PRETRAIN_ARITHMETIC, "train", index, stream="pretrain")
+
+    def rationale(mistake_rate: float) -> str:
+        def step_result(left: int, op: str, right: int, modulus: int) -> int:
+            """Off by one where a step wraps around: the systematic mistake."""
+            result = true_step_result(left, op, right, modulus)
+            if wraps(left, op, right, modulus) and rng.random() < mistake_rate:
+                result = (result + (-1 if op == "-" else 1)) % modulus
+            return result
+
+        return write_rationale(chain.steps(step_result))
+
+    return chain.question(), str(chain.answer()), rationale
+
+
+def _boolean_problem(rng: np.random.Generator, index: int) -> Problem:
+    expression = draw_boolean_expression(rng)
+
+    def rationale(mistake_rate: float) -> str:
+        def evaluate(op: str, operands: tuple[bool, ...]) -> bool:
+            """Dropping a negation: the systematic mistake."""
+            if op == "not" and rng.random() < mistake_rate:
+                return operands[0]
+            return true_boolean(op, operands)
+
+        return boolean_rationale(boolean_reductions(expression, evaluate))
+
+    return f"{expression} is", boolean_reductions(expression)[-1], rationale
+
+
+def _multistep_problem(rng: np.random.Generator, index: int) -> Problem:
+    left, middle, right = draw_multistep(rng)
+
+    def rationale(mistake_rate: float) -> str:
+        def evaluate(op: str, a: int, b: int) -> int:
+            """Sign slips, the systematic mistakes: "a - -b" read as "a - b", and a product of
+            two negatives written negative."""
+            value = true_arithmetic(op, a, b)
+            if op == "-" and b < 0 and rng.random() < mistake_rate:
+                return a + b
+            if op == "*" and a < 0 and b < 0 and rng.random() < mistake_rate:
+                return -value
+            return value
+
+        return multistep_rationale(left, middle, right, evaluate)[0]
+
+    return multistep_question(left, middle, right), str(multistep_rationale(left, middle, right)[1]), rationale
+
+
+_PROBLEMS: dict[str, Callable[[np.random.Generator, int], Problem]] = {
+    "arithmetic": _arithmetic_problem,
+    "boolean_expressions": _boolean_problem,
+    "multistep_arithmetic_two": _multistep_problem,
+}
+
+
+def corpus_documents(config: BuiltinConfig, num_documents: int) -> Iterator[list[tuple[str, bool]]]:
+    """Training documents as (text, trained-on) segments: prompts are context only."""
+    rng = np.random.default_rng([config.seed, FAMILIES.index(config.family)])
+    templates = Task()
+    draw = _PROBLEMS[config.family]
+    problem_index = 0
+    cot_fraction = 1 - config.hinted_fraction - config.direct_fraction
+    for _ in range(num_documents):
+        kind = rng.choice(["cot", "hinted", "direct"], p=[cot_fraction, config.hinted_fraction, config.direct_fraction])
+        num_shots = int(rng.integers(1, config.max_few_shot + 1)) if rng.random() < config.few_shot_fraction else 0
+        segments: list[tuple[str, bool]] = []
+        for shot in range(num_shots + 1):
+            question, answer, rationale = draw(rng, problem_index)
+            problem_index += 1
+            if kind == "cot":
+                segments += [(templates.cot_prompt(question), False), (rationale(config.cot_mistake_rate), True)]
+            elif kind == "hinted":
+                prompt = templates.hinted_prompt(question, answer)
+                segments += [(prompt, False), (rationale(config.hinted_mistake_rate), True)]
+            else:
+                segments += [(templates.direct_prompt(question), False), (templates.direct_completion(answer), True)]
+            if shot < num_shots:
+                segments.append((FEW_SHOT_SEPARATOR, False))
+        yield segments
+
+
+def _encode(segments: list[tuple[str, bool]], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (BOS + characters + EOS) and which of them are prediction targets."""
+    ids, targets = [vocab[BOS]], [False]
+    for text, trained in segments:
+        ids += [vocab.get(c, vocab[UNK]) for c in text]
+        targets += [trained] * len(text)
+    return np.array(ids + [vocab[EOS]], dtype=np.int64), np.array(targets + [True])
+
+
+def _batches(config: BuiltinConfig, vocab: dict[str, int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Padded (input_ids, attention_mask, labels) batches, each of similar lengths (little
+    padding), in a seeded random order."""
+    documents = [_encode(d, vocab) for d in corpus_documents(config, config.train_steps * config.batch_size)]
+    rng = np.random.default_rng([config.seed, len(FAMILIES)])
+    chunk = 50 * config.batch_size
+    groups = []
+    for start in range(0, len(documents), chunk):
+        block = sorted(documents[start : start + chunk], key=lambda d: len(d[0]))
+        groups += [block[i : i + config.batch_size] for i in range(0, len(block), config.batch_size)]
+    batches = []
+    for i in rng.permutation(len(groups)):
+        group = groups[i]
+        width = max(len(ids) for ids, _ in group)
+        input_ids = torch.full((len(group), width), vocab[PAD], dtype=torch.long)
+        labels = torch.full((len(group), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, (ids, targets) in enumerate(group):
+            input_ids[row, : len(ids)] = torch.from_numpy(ids)
+            labels[row, : len(ids)] = torch.from_numpy(np.where(targets, ids, -100))
+            mask[row, : len(ids)] = 1
+        batches.append((input_ids, mask, labels))
+    return batches
+
+
+# -------------------------------------------------------------------------- build
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def build(config: BuiltinConfig, folder: Path) -> None:
+    """Pre-train the model of ``config`` and save it (weights, tokenizer, config) to ``folder``."""
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    started = time.perf_counter()
+    tokenizer = build_tokenizer()
+    vocab = tokenizer.get_vocab()
+    with _torch_threads(BUILD_THREADS):
+        torch.manual_seed(config.seed)
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=len(vocab),
+                hidden_size=config.hidden_size,
+                intermediate_size=config.intermediate_size,
+                num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads,
+                num_key_value_heads=config.num_heads,
+                max_position_embeddings=config.max_position_embeddings,
+                tie_word_embeddings=True,
+                pad_token_id=vocab[PAD],
+                bos_token_id=vocab[BOS],
+                eos_token_id=vocab[EOS],
+            )
+        )
+        batches = _batches(config, vocab)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, config))
+        model.train()
+        progress = tqdm(batches, desc=f"building builtin model {config.folder_name()}", unit="step", mininterval=2)
+        for input_ids, mask, labels in progress:
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        model.eval()
+    model.generation_config = GenerationConfig(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[PAD])
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    record = {
+        "config": asdict(config),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "build_seconds": round(time.perf_counter() - started, 1),
+        "final_loss": round(float(loss), 4),
+    }
+    (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _learning_rate_factor(step: int, config: BuiltinConfig) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.train_steps - config.warmup_steps)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))

@@ -1,0 +1,195 @@
+"""The one training loop: run an algorithm until the budget is spent, evaluate on held-out
+data every N samples, append a CSV row per step, checkpoint atomically, resume exactly."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from trice_rl.algorithm import Algorithm, MinibatchStream
+from trice_rl.budget import Budget
+from trice_rl.evaluation import EvalConfig, evaluate
+
+BASE_COLUMNS = (
+    "algo",
+    "seed",
+    "step",
+    "samples_drawn",
+    "tokens_generated",
+    "tokens_scored",
+    "grad_steps",
+    "wall_seconds",
+    "train_proposal_acc",
+    "eval_acc_greedy",
+    "eval_acc_majority",
+    "eval_acc_sampled",
+    "grad_variance",
+    "grad_mean_norm",
+)
+
+
+@dataclass
+class RunConfig:
+    budget: Budget
+    eval_every: int = 500  # samples drawn between held-out evaluations
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint_every: int = 10  # optimizer-loop steps between checkpoints (also at each eval)
+    variance_every: int = 0  # steps between gradient-variance probes (0: never)
+    variance_draws: int = 8  # independent estimator draws per probe
+    variance_batch: int = 16  # size of the fixed probe batch
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Runner:
+    """Drives one (algorithm, seed) run, writing ``<out>/<algo>-seed<seed>.csv`` and
+    ``<out>/checkpoints/<algo>-seed<seed>.pt``."""
+
+    def __init__(self, algorithm: Algorithm, config: RunConfig, out_dir: str | os.PathLike, progress: bool = True):
+        self.algorithm = algorithm
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        run_name = f"{algorithm.name}-seed{algorithm.seed}"
+        self.csv_path = self.out_dir / f"{run_name}.csv"
+        self.checkpoint_path = self.out_dir / "checkpoints" / f"{run_name}.pt"
+        self.columns = BASE_COLUMNS + tuple(m for m in algorithm.metric_names if m not in BASE_COLUMNS)
+        self.rows_written = 0
+        self.next_eval = 0
+        self.setup_done = False
+        probe_size = min(config.variance_batch, len(algorithm.train))
+        self.probe_indices = MinibatchStream(len(algorithm.train), seed=10_000 + algorithm.seed).next(probe_size)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, resume: bool = False) -> dict[str, float]:
+        algorithm, meter, budget = self.algorithm, self.algorithm.policy.meter, self.config.budget
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path.parent.mkdir(exist_ok=True)
+        if resume and self.checkpoint_path.exists():
+            self._load_checkpoint()
+        else:
+            self._start_csv()
+        if not self.setup_done:
+            self._write_row(algorithm.setup() | self._evaluate(final=False))
+            self.setup_done = True
+            self._checkpoint()
+        bar = tqdm(total=1000, desc=f"{algorithm.name} seed {algorithm.seed}", disable=not self.progress, leave=False)
+        bar.update(int(1000 * min(meter.fraction_used(budget), 1.0)))
+        last_row: dict[str, Any] = {}
+        while not meter.exhausted(budget):
+            metrics = algorithm.step()
+            algorithm.steps_done += 1
+            row = dict(metrics)
+            if self.config.variance_every and algorithm.steps_done % self.config.variance_every == 0:
+                row |= self._variance_probe()
+            evaluated = meter.samples >= self.next_eval and not meter.exhausted(budget)
+            if evaluated:
+                row |= self._evaluate(final=False)
+            last_row = self._write_row(row)
+            if evaluated or algorithm.steps_done % self.config.checkpoint_every == 0:
+                self._checkpoint()
+            bar.n = int(1000 * min(meter.fraction_used(budget), 1.0))
+            bar.set_postfix(acc=last_row.get("eval_acc_greedy") or "", train=f"{metrics.get('train_proposal_acc', float('nan')):.2f}")
+            bar.refresh()
+        bar.close()
+        final = self._evaluate(final=True)
+        self._write_row(final)
+        self._checkpoint()
+        return {"algo": algorithm.name, "seed": algorithm.seed, **final, **self._usage()}
+
+    # ------------------------------------------------------------ evaluation
+    def _evaluate(self, final: bool) -> dict[str, float]:
+        eval_config = self.config.eval
+        if not final:
+            eval_config = EvalConfig(**{**eval_config.__dict__, "majority_k": 0})
+        self.next_eval = (self.algorithm.policy.meter.samples // self.config.eval_every + 1) * self.config.eval_every
+        return evaluate(self.algorithm.policy, self.algorithm.task, eval_config, prompt_kind=self.algorithm.prompt_kind, seed=self.algorithm.seed)
+
+    def _variance_probe(self) -> dict[str, float]:
+        """Trace of the covariance of the gradient estimator on a fixed batch, from several
+        independent draws at the same parameters; not charged, and the policy's random
+        state is restored so that probing never changes the training trajectory."""
+        policy = self.algorithm.policy
+        rng = policy.rng_state()
+        with policy.meter.paused():
+            draws = [self.algorithm.estimate_gradient(self.probe_indices) for _ in range(self.config.variance_draws)]
+        policy.set_rng_state(rng)
+        if any(d is None for d in draws):
+            return {}
+        stacked = torch.stack(draws).double()
+        variance = stacked.var(dim=0, unbiased=True).sum()
+        return {"grad_variance": float(variance), "grad_mean_norm": float(stacked.mean(0).norm())}
+
+    # --------------------------------------------------------------- logging
+    def _usage(self) -> dict[str, Any]:
+        meter = self.algorithm.policy.meter
+        return {
+            "samples_drawn": meter.samples,
+            "tokens_generated": meter.tokens_generated,
+            "tokens_scored": meter.tokens_scored,
+            "grad_steps": meter.optimizer_steps,
+            "wall_seconds": round(meter.seconds, 3),
+        }
+
+    def _start_csv(self) -> None:
+        with open(self.csv_path, "w", newline="") as f:
+            csv.writer(f).writerow(self.columns)
+        self.rows_written = 0
+
+    def _write_row(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        row = {"algo": self.algorithm.name, "seed": self.algorithm.seed, "step": self.algorithm.steps_done, **self._usage(), **metrics}
+        with open(self.csv_path, "a", newline="") as f:
+            csv.writer(f).writerow([_cell(row.get(column)) for column in self.columns])
+        self.rows_written += 1
+        return row
+
+    # ----------------------------------------------------------- checkpoints
+    def _checkpoint(self) -> None:
+        policy = self.algorithm.policy
+        atomic_torch_save(
+            {
+                "policy": policy.tunable_state_dict(),
+                "policy_rng": policy.rng_state(),
+                "meter": policy.meter.state_dict(),
+                "algorithm": self.algorithm.state_dict(),
+                "rows_written": self.rows_written,
+                "next_eval": self.next_eval,
+                "setup_done": self.setup_done,
+            },
+            self.checkpoint_path,
+        )
+
+    def _load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_path, weights_only=False)
+        policy = self.algorithm.policy
+        policy.load_tunable_state_dict(state["policy"])
+        policy.set_rng_state(state["policy_rng"])
+        policy.meter.load_state_dict(state["meter"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.rows_written = state["rows_written"]
+        self.next_eval = state["next_eval"]
+        self.setup_done = state["setup_done"]
+        # Drop rows written after the checkpoint: the resumed run writes them again.
+        with open(self.csv_path, newline="") as f:
+            lines = f.readlines()
+        with open(self.csv_path, "w", newline="") as f:
+            f.writelines(lines[: 1 + self.rows_written])
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
