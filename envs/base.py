@@ -227,7 +227,7 @@ class ReasoningEnv(gym.Env):
     without an index the example is drawn with ``self.np_random``.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self,

@@ -100,16 +100,17 @@ VALIDATION_INDEX_OFFSET = 1_000_000_000
 _OPTION_LETTER = re.compile(r"\(([A-Za-z])\)|([A-Z])(?:[).:]|\s*$)")
 _WORD = re.compile(r"[A-Za-z]+")
 _BRACKETS = frozenset("()[]{}<>")
-_EXEMPLAR = re.compile(r"^Q: (?P<question>.*?)\nA: Let's think step by step\.\s*(?P<rationale>.*?)\s*(?=^Q: |\Z)", re.DOTALL | re.MULTILINE)
+# One exemplar of a CoT prompt file: "Q: <input>\nA: Let's think step by step." then the
+# rationale (on the same line in sports_understanding), up to the next "Q: " line.
+_EXEMPLAR = re.compile(
+    r"^Q: (?P<question>.*?)\nA: Let's think step by step\.\s*(?P<rationale>.*?)\s*(?=^Q: |\Z)",
+    re.DOTALL | re.MULTILINE,
+)
 
 
-def _multiple_choice(answer: str) -> str | None:
-    """``(X)`` for an option letter; otherwise the whitespace-normalised, lower-cased text,
-    which is how the three option-text targets (``Monsters, Inc``) are matched."""
+def _option_letter(answer: str) -> str | None:
     match = _OPTION_LETTER.match(answer)
-    if match:
-        return f"({(match[1] or match[2]).upper()})"
-    return " ".join(answer.split()).lower() or None
+    return f"({(match[1] or match[2]).upper()})" if match else None
 
 
 def _label(labels: tuple[str, ...], answer: str) -> str | None:
@@ -125,24 +126,8 @@ def _dyck(answer: str) -> str | None:
     return brackets if brackets and set(brackets) <= _BRACKETS else None
 
 
-def _word_list(answer: str) -> str | None:
-    return " ".join(answer.split()).lower() or None
-
-
 def _same_question_key(question: str) -> str:
     return " ".join(question.split())
-
-
-def _normalizer(task_name: str):
-    if task_name in _LABELS:
-        return functools.partial(_label, _LABELS[task_name])
-    if task_name in _INTEGER_TASKS:
-        return normalize_number
-    if task_name == "dyck_languages":
-        return _dyck
-    if task_name == "word_sorting":
-        return _word_list
-    return _multiple_choice
 
 
 class BBHTask(Task):
@@ -185,7 +170,9 @@ class BBHTask(Task):
             raise ValueError(f"train_source must be 'real' or 'procedural', got {train_source!r}")
         if train_source == "procedural":
             if task_name not in PROCEDURAL_TASKS:
-                raise ValueError(f"train_source='procedural' exists only for {', '.join(PROCEDURAL_TASKS)}, not {task_name!r}")
+                raise ValueError(
+                    f"train_source='procedural' exists only for {', '.join(PROCEDURAL_TASKS)}, not {task_name!r}"
+                )
             if not 0 <= num_train <= VALIDATION_INDEX_OFFSET or num_validation < 0:
                 raise ValueError(f"need 0 <= num_train <= {VALIDATION_INDEX_OFFSET} and num_validation >= 0")
             self.splits = ("train", "validation", "test")
@@ -196,8 +183,6 @@ class BBHTask(Task):
         self.seed = seed
         self.num_train = num_train
         self.num_validation = num_validation
-        self._normalize = _normalizer(task_name)
-        self._real: list[Example] | None = None
         if few_shot:
             self.few_shot_prefix = "".join(
                 COT_TEMPLATE.format(question=question) + rationale + FEW_SHOT_SEPARATOR
@@ -206,7 +191,7 @@ class BBHTask(Task):
 
     # ----------------------------------------------------------------- examples
     def load_split(self, split: str) -> list[Example]:
-        real = self._real_examples()
+        real = self._real_examples
         if self.train_source == "procedural":
             if split == "test":
                 return real
@@ -215,12 +200,8 @@ class BBHTask(Task):
         cut = round(TRAIN_FRACTION * len(real))
         return [real[i] for i in (order[:cut] if split == "train" else order[cut:])]
 
+    @functools.cached_property
     def _real_examples(self) -> list[Example]:
-        if self._real is None:
-            self._real = self._read_real_examples()
-        return self._real
-
-    def _read_real_examples(self) -> list[Example]:
         path = data_file(self.data_dir, f"bbh/{self.task_name}.json")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -263,15 +244,28 @@ class BBHTask(Task):
         """(question, rationale) pairs of the CoT prompt file, after its canary, separator and
         task-description lines."""
         path = data_file(self.data_dir, f"bbh/cot-prompts/{self.task_name}.txt")
-        body = path.read_text(encoding="utf-8").split("\n", 3)[3:]
-        exemplars = [(m["question"], m["rationale"]) for m in _EXEMPLAR.finditer("".join(body))]
+        lines = path.read_text(encoding="utf-8").split("\n", 3)
+        body = lines[3] if len(lines) == 4 else ""
+        exemplars = [(m["question"], m["rationale"]) for m in _EXEMPLAR.finditer(body)]
         if not exemplars:
-            raise DataError(f"{path}: no exemplars of the form \"Q: ...\\nA: Let's think step by step. ...\" after line 3")
+            raise DataError(
+                f"{path}: no exemplars of the form \"Q: ...\\nA: Let's think step by step. ...\" after line 3"
+            )
         return exemplars
 
     # ------------------------------------------------------------------ answers
     def normalize(self, answer: str) -> str | None:
-        return self._normalize(answer)
+        if self.task_name in _LABELS:
+            return _label(_LABELS[self.task_name], answer)
+        if self.task_name in _INTEGER_TASKS:
+            return normalize_number(answer)
+        if self.task_name == "dyck_languages":
+            return _dyck(answer)
+        if self.task_name == "word_sorting":
+            return super().normalize(answer)  # whitespace-normalised, case-insensitive
+        # Multiple choice: the option letter, else the text itself, which is how the three
+        # option-text targets (``Monsters, Inc``) are matched.
+        return _option_letter(answer) or super().normalize(answer)
 
 
 for _task_name in BBH_TASKS:

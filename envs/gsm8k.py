@@ -42,7 +42,13 @@ _FINAL_ANSWER_MARKER = "#### "
 
 
 class GSM8KTask(Task):
-    """GSM8K with numeric answers; ``data_dir`` defaults to ``$TRICE_RL_DATA``."""
+    """GSM8K: the standard train/test files, numeric answers, gold rationales for every example.
+
+    ``data_dir`` defaults to ``$TRICE_RL_DATA``.  The target is the text after the last
+    ``#### `` with commas removed (``"1080"``); answers compare by
+    :func:`envs.answers.normalize_number`, and a completion without "the answer is" is read
+    by its last number, since models trained on GSM8K often just end on the result.
+    """
 
     name = "gsm8k"
 

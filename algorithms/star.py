@@ -1,0 +1,280 @@
+"""STaR: the Self-Taught Reasoner (Zelikman, Wu, Mu and Goodman, NeurIPS 2022), with
+rationalization.  The baseline of trice-spec.md §5.
+
+STaR alternates two phases, one outer *iteration* at a time:
+
+1. **Sample.**  For every training example x draw a rationale z ~ p_θ(z | x) under the
+   un-hinted CoT prompt.  Keep (x, z) if z reaches the right answer.  *Rationalization*: for
+   an example whose rationale failed, draw again under the hinted prompt (the answer is
+   revealed: ``task.hinted_prompt``) and keep that rationale if it is correct.  Every kept
+   pair is stored with the **un-hinted** prompt: the hint helps to *find* a rationale, but
+   the model is trained to produce it without the hint (Zelikman et al. §3.2).
+2. **Fine-tune** on the kept set by maximising Σ log p_θ(z | x) for a number of optimizer
+   steps.  As in the original STaR, each iteration restarts from the base parameters (the
+   tunable parameters at construction, and a fresh optimizer) and trains for more steps
+   than the last: ``initial_inner_steps`` growing by ``inner_steps_growth`` (+20%) per
+   iteration (STaR: "40 training steps, increased by 20% each outer loop").
+
+The runner calls :meth:`Star.step` until the budget is spent, so a step is one unit of work of
+a small state machine: either one sampling pass over a chunk of examples (``phase ==
+"sample"``) or one inner fine-tuning step (``phase == "train"``).  The budget can stop the
+run between any two of them, and a checkpoint holds only the kept set (example index and
+token ids per rationale), the counters and, for restarts, the base parameters.
+
+Choices where STaR / the spec leave room ([UNCERTAIN] in trice-spec.md §5):
+
+* An iteration visits ``examples_per_iteration`` examples (default: the whole training
+  split) in the shared minibatch order (``self.stream``), so iteration t with the default
+  is exactly epoch t of the order every algorithm sees.
+* Restarts happen at the first inner step of an iteration, not at the end of sampling, so
+  a held-out evaluation during sampling always sees the model of the previous iteration.
+* Inner steps of iteration t (counted from 0): ``round_half_up(initial * growth ** t)``, at
+  least 1.  Each inner step takes a minibatch of ``min(batch_size, len(kept))`` kept
+  rationales without replacement within an epoch of the kept set (a seeded order per
+  iteration) and minimises the mean over the minibatch of -log p_θ(z | x) (summed over the
+  rationale's tokens, not length-normalised, like every estimator in this project).
+* Sampled rationales are trained on by their exact token ids, which include the EOS token
+  (or the stop string) that ended them: the model learns where to stop.
+* ``samples_per_example`` > 1 and ``max_kept_per_example`` generalise STaR's one sample
+  per example; the distinct correct samples (by token ids) are kept, up to the cap.  The
+  ReST-EM mode of ``algorithms/rft.py`` is this class with many samples, a cap, no
+  rationalization and a fixed number of inner steps.
+* An iteration whose kept set is empty skips fine-tuning (there is nothing to train on; the
+  parameters stay as they are) and moves on to the next iteration.
+* :meth:`Star.estimate_gradient` returns ``None``: STaR's update is a deterministic
+  supervised step on a kept set sampled from an *earlier* model, not a stochastic estimate
+  of the gradient at the current parameters, so the variance probe has nothing to measure.
+
+Logged per sampling step: ``train_proposal_acc`` (the fraction of this step's un-hinted
+samples that are correct), and, cumulated over the examples visited so far in the current
+iteration, ``kept_fraction`` (examples with a kept rationale) and ``rationalized_fraction``
+(examples kept only thanks to the hint); ``rationalization_acc`` is the fraction of this
+step's hinted samples that are correct.  Per inner step: ``loss`` (mean -log p(z|x) on the
+minibatch) and ``grad_norm``.  Both: ``iteration``, ``kept_size``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from trice_rl.algorithm import Algorithm, AlgorithmConfig, MinibatchStream
+
+PHASES = ("sample", "train")
+
+
+@dataclass
+class StarConfig(AlgorithmConfig):
+    """STaR settings on top of :class:`~trice_rl.algorithm.AlgorithmConfig`.
+
+    ``batch_size`` is the minibatch of kept rationales per inner step and, unless
+    ``sample_chunk_size`` is set, the number of examples per sampling step.
+    """
+
+    rationalize: bool = True  # retry failures with the answer hint (trained without it)
+    restart_from_base: bool = True  # each iteration fine-tunes from the base parameters
+    initial_inner_steps: int = 40  # optimizer steps of iteration 0 (STaR: 40)
+    inner_steps_growth: float = 1.2  # inner steps grow by this factor per iteration
+    examples_per_iteration: int | None = None  # None: the whole training split
+    sample_chunk_size: int | None = None  # examples per sampling step; None: batch_size
+    samples_per_example: int = 1  # un-hinted (and hinted) samples per example
+    max_kept_per_example: int = 1  # distinct correct rationales kept per example
+
+    def __post_init__(self) -> None:
+        for name in ("initial_inner_steps", "samples_per_example", "max_kept_per_example", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StarConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.inner_steps_growth <= 0:
+            raise ValueError(f"StarConfig.inner_steps_growth must be positive, got {self.inner_steps_growth}")
+        for name in ("examples_per_iteration", "sample_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"StarConfig.{name} must be at least 1 (or None), got {value}")
+
+
+def inner_steps_for(iteration: int, initial: int, growth: float) -> int:
+    """Inner fine-tuning steps of outer iteration ``iteration`` (from 0): initial·growth^t,
+    rounded half up, at least 1.  With STaR's 40 and 1.2: 40, 48, 58, 69, 83, ..."""
+    return max(1, math.floor(initial * growth**iteration + 0.5))
+
+
+class Star(Algorithm):
+    """STaR with rationalization; see the module docstring."""
+
+    name: ClassVar[str] = "star"
+    Config: ClassVar[type] = StarConfig
+    default_tune: ClassVar[str | None] = None  # compare.py: use the --tune of the run
+    draws_samples: ClassVar[bool] = True
+    metric_names: ClassVar[tuple[str, ...]] = (
+        "train_proposal_acc",
+        "kept_fraction",
+        "rationalized_fraction",
+        "rationalization_acc",
+        "kept_size",
+        "iteration",
+        "inner_step",
+        "loss",
+        "grad_norm",
+    )
+
+    def __init__(self, policy, task, config: StarConfig | None = None, seed: int = 0):
+        super().__init__(policy, task, config, seed)
+        config = self.config
+        # Base parameters to restart from (CPU copies, so a GPU holds the model only once).
+        self.base_state = (
+            {name: value.cpu() for name, value in policy.tunable_state_dict().items()} if config.restart_from_base else None
+        )
+        self.examples_per_iteration = config.examples_per_iteration or len(self.train)
+        self.chunk_size = config.sample_chunk_size or config.batch_size
+        self.iteration = 0
+        self.phase = "sample"
+        self._start_iteration()
+
+    def _start_iteration(self) -> None:
+        self.phase = "sample"
+        self.inner_step = 0
+        self.examples_seen = 0  # examples visited by this iteration's sampling so far
+        self.examples_kept = 0  # ... of which have at least one kept rationale
+        self.examples_rationalized = 0  # ... of which were kept only thanks to the hint
+        self.kept_index: list[int] = []  # training-example index of each kept rationale
+        self.kept_tokens: list[list[int]] = []  # its exact token ids
+        self.kept_rationalized: list[bool] = []  # whether it was found with the hint
+        self.kept_stream: MinibatchStream | None = None
+
+    # ------------------------------------------------------------------ step
+    def step(self) -> dict[str, float]:
+        if self.phase == "sample":
+            return self._sample_step()
+        return self._train_step()
+
+    def _sample_step(self) -> dict[str, float]:
+        """Sample one chunk of examples, rationalize its failures, extend the kept set."""
+        config = self.config
+        n = config.samples_per_example
+        indices = self.stream.next(min(self.chunk_size, self.examples_per_iteration - self.examples_seen))
+        samples = self.sample(self.cot_prompts(indices), n=n)
+        correct = self.correct(samples, indices).reshape(len(indices), n)
+        kept = self._keep(indices, samples.token_ids, correct, rationalized=False)
+
+        metrics: dict[str, float] = {"train_proposal_acc": float(correct.mean())}
+        self.examples_kept += sum(count > 0 for count in kept)
+        failed = [i for i, count in zip(indices, kept) if count == 0]
+        if config.rationalize and failed:
+            # The hint is in the sampling context only: _keep stores the example index, and
+            # training rebuilds the un-hinted CoT prompt from it.
+            hinted = self.sample(self.hinted_prompts(failed), n=n)
+            hinted_correct = self.correct(hinted, failed).reshape(len(failed), n)
+            rescued = sum(count > 0 for count in self._keep(failed, hinted.token_ids, hinted_correct, rationalized=True))
+            self.examples_rationalized += rescued
+            self.examples_kept += rescued
+            metrics["rationalization_acc"] = float(hinted_correct.mean())
+        self.examples_seen += len(indices)
+        metrics |= {
+            "kept_fraction": self.examples_kept / self.examples_seen,
+            "rationalized_fraction": self.examples_rationalized / self.examples_seen,
+            "kept_size": float(len(self.kept_index)),
+            "iteration": float(self.iteration),
+        }
+        if self.examples_seen >= self.examples_per_iteration:
+            if self.kept_index:
+                self.phase = "train"
+                self.kept_stream = MinibatchStream(len(self.kept_index), self._kept_seed())
+            else:  # nothing to fine-tune on: keep the parameters, sample again
+                self.iteration += 1
+                self._start_iteration()
+        return metrics
+
+    def _keep(self, indices: Sequence[int], token_ids: list[list[int]], correct: np.ndarray, rationalized: bool) -> list[int]:
+        """Add the distinct correct samples of each example (prompt-major rows, up to
+        ``max_kept_per_example``) to the kept set; returns how many were kept per example."""
+        n = correct.shape[1]
+        counts = []
+        for m, index in enumerate(indices):
+            seen: set[tuple[int, ...]] = set()
+            for j in range(n):
+                ids = tuple(token_ids[m * n + j])
+                if correct[m, j] and ids not in seen and len(seen) < self.config.max_kept_per_example:
+                    seen.add(ids)
+                    self.kept_index.append(int(index))
+                    self.kept_tokens.append(list(ids))
+                    self.kept_rationalized.append(rationalized)
+            counts.append(len(seen))
+        return counts
+
+    def _kept_seed(self) -> int:
+        """Seed of the order in which iteration ``self.iteration`` visits its kept set."""
+        return int(np.random.SeedSequence([self.seed, self.iteration, 0x57A2]).generate_state(1)[0])
+
+    def _train_step(self) -> dict[str, float]:
+        """One supervised step on the kept set: minimise mean -log p(z | x), un-hinted x."""
+        config = self.config
+        if self.inner_step == 0 and config.restart_from_base:
+            self.policy.load_tunable_state_dict(self.base_state)
+            self.optimizer = self.make_optimizer()
+        batch = self.kept_stream.next(min(config.batch_size, len(self.kept_index)))
+        prompts = self.cot_prompts([self.kept_index[j] for j in batch])
+        completions = [self.kept_tokens[j] for j in batch]
+        loss = self.policy.accumulate_gradient(prompts, completions, torch.full((len(batch),), 1.0 / len(batch)))
+        grad_norm = self.apply_gradient()
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "iteration": float(self.iteration),
+            "inner_step": float(self.inner_step),
+            "kept_size": float(len(self.kept_index)),
+        }
+        self.inner_step += 1
+        if self.inner_step >= self.inner_steps():
+            self.iteration += 1
+            self._start_iteration()
+        return metrics
+
+    def inner_steps(self, iteration: int | None = None) -> int:
+        """Fine-tuning steps of an iteration (the current one by default)."""
+        iteration = self.iteration if iteration is None else iteration
+        return inner_steps_for(iteration, self.config.initial_inner_steps, self.config.inner_steps_growth)
+
+    def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor | None:
+        """``None``: STaR's step is a deterministic supervised step on a kept set drawn from
+        an earlier model, not a stochastic gradient estimate at the current parameters."""
+        return None
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {
+            "phase": self.phase,
+            "iteration": self.iteration,
+            "inner_step": self.inner_step,
+            "examples_seen": self.examples_seen,
+            "examples_kept": self.examples_kept,
+            "examples_rationalized": self.examples_rationalized,
+            "kept_index": list(self.kept_index),
+            "kept_tokens": [list(ids) for ids in self.kept_tokens],
+            "kept_rationalized": list(self.kept_rationalized),
+            "kept_stream": None if self.kept_stream is None else self.kept_stream.state_dict(),
+            "base_state": self.base_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state["phase"] not in PHASES:
+            raise ValueError(f"unknown STaR phase {state['phase']!r} in the checkpoint")
+        self.phase = state["phase"]
+        self.iteration = int(state["iteration"])
+        self.inner_step = int(state["inner_step"])
+        self.examples_seen = int(state["examples_seen"])
+        self.examples_kept = int(state["examples_kept"])
+        self.examples_rationalized = int(state["examples_rationalized"])
+        self.kept_index = [int(i) for i in state["kept_index"]]
+        self.kept_tokens = [list(ids) for ids in state["kept_tokens"]]
+        self.kept_rationalized = [bool(r) for r in state["kept_rationalized"]]
+        self.kept_stream = None
+        if state["kept_stream"] is not None:
+            self.kept_stream = MinibatchStream(len(self.kept_index), self._kept_seed())
+            self.kept_stream.load_state_dict(state["kept_stream"])
+        if state.get("base_state") is not None:
+            self.base_state = state["base_state"]
