@@ -35,8 +35,12 @@ is still incorrect, v_m and K depend on the proposals and the estimator is only
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
+
+from trice_rl.algorithm import Algorithm, AlgorithmConfig
 
 __all__ = [
     "BETA_EPS",
@@ -47,6 +51,9 @@ __all__ = [
     "systematic_resample",
     "trice_candidates",
     "trice_loss",
+    "TriceConfig",
+    "Trice",
+    "TriceNoCV",
 ]
 
 BETA_EPS = 1e-10
@@ -320,3 +327,144 @@ def trice_loss(logprobs: torch.Tensor, coefficient: torch.Tensor) -> torch.Tenso
         )
     c = coefficient.detach().to(dtype=logprobs.dtype, device=logprobs.device)
     return -(c * logprobs).sum()
+
+
+# --------------------------------------------------------------------------------------
+# 5. The algorithm (§2): memory, one MH step per visit, the estimator, an optimizer step
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TriceConfig(AlgorithmConfig):
+    """TRICE's settings; the shared ones (batch size M, learning rate, ...) are inherited.
+
+    ``num_gradient_samples`` is L: None (or ≥ 2M) differentiates every candidate with a
+    non-zero weight (the paper's BBH setting, L = 2M); L < 2M turns on the subsampled
+    control-variate estimator of §3.4.  ``hinted_init`` initialises memory by sampling with
+    the answer shown in the prompt (rationalization, §2.2 step 4); without it memory starts
+    from ordinary proposals.
+    """
+
+    control_variate: bool = True
+    num_gradient_samples: int | None = None
+    hinted_init: bool = True
+    init_batch_size: int = 128
+
+
+class Trice(Algorithm):
+    """TRICE with the leave-one-out control variate (``trice``)."""
+
+    name = "trice"
+    Config = TriceConfig
+    metric_names = ("train_proposal_acc", "memory_acc", "batch_memory_acc", "accept_rate", "beta_mean", "num_candidates", "grad_norm", "loss")
+
+    def __init__(self, policy, task, config: TriceConfig | None = None, seed: int = 0):
+        super().__init__(policy, task, config, seed)
+        # One rationale per training example, as token ids in a compact padded array.
+        num_examples, width = len(self.train), self.config.max_new_tokens
+        self.memory_tokens = torch.zeros(num_examples, width, dtype=torch.int32)
+        self.memory_lengths = torch.zeros(num_examples, dtype=torch.int32)
+        self.memory_correct = torch.zeros(num_examples, dtype=torch.bool)
+        self.resample_generator = torch.Generator().manual_seed(seed)
+
+    # ---------------------------------------------------------------- memory
+    def _write_memory(self, indices: Sequence[int], token_ids: Sequence[Sequence[int]], correct: torch.Tensor) -> None:
+        for index, ids in zip(indices, token_ids):
+            self.memory_tokens[index, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
+            self.memory_lengths[index] = len(ids)
+        self.memory_correct[torch.as_tensor(list(indices), dtype=torch.long)] = correct
+
+    def _read_memory(self, index: int) -> list[int]:
+        return self.memory_tokens[index, : self.memory_lengths[index]].tolist()
+
+    def setup(self) -> dict[str, float]:
+        """Initial memory: one sample per training example, from the hinted prompt by default
+        (the hint is only ever used here; the rationale is scored without it)."""
+        all_indices = list(range(len(self.train)))
+        for start in range(0, len(all_indices), self.config.init_batch_size):
+            chunk = all_indices[start : start + self.config.init_batch_size]
+            prompts = self.hinted_prompts(chunk) if self.config.hinted_init else self.cot_prompts(chunk)
+            samples = self.sample(prompts)
+            self._write_memory(chunk, samples.token_ids, torch.as_tensor(self.correct(samples, chunk)))
+        return {"memory_acc": float(self.memory_correct.float().mean())}
+
+    # ------------------------------------------------------------------ step
+    def _propose(self, indices: Sequence[int]):
+        """One proposal per example from the un-hinted prompt, and the candidate selection."""
+        prompts = self.cot_prompts(indices)
+        proposals = self.sample(prompts)
+        proposal_correct = torch.as_tensor(self.correct(proposals, indices))
+        memory_correct = self.memory_correct[torch.as_tensor(list(indices), dtype=torch.long)]
+        accept = accept_proposals(memory_correct, proposal_correct)
+        updated = [proposals.token_ids[m] if accept[m] else self._read_memory(i) for m, i in enumerate(indices)]
+        return prompts, proposals, proposal_correct, memory_correct, accept, updated
+
+    def _accumulate(self, prompts, proposals, memory_correct, proposal_correct, updated, generator) -> tuple[int, float]:
+        """Backpropagate the estimator's surrogate loss; returns (#candidates, loss)."""
+        batch = len(prompts)
+        candidate_index, coefficient = trice_candidates(
+            memory_correct,
+            proposal_correct,
+            control_variate=self.config.control_variate,
+            num_samples=self.config.num_gradient_samples,
+            generator=generator,
+        )
+        candidates = candidate_index.tolist()
+        texts = [updated[j] if j < batch else proposals.token_ids[j - batch] for j in candidates]
+        loss = self.policy.accumulate_gradient([prompts[j % batch] for j in candidates], texts, coefficient)
+        return len(candidates), loss
+
+    def step(self) -> dict[str, float]:
+        indices = self.stream.next(self.config.batch_size)
+        prompts, proposals, proposal_correct, memory_correct, accept, updated = self._propose(indices)
+        num_candidates, loss = self._accumulate(prompts, proposals, memory_correct, proposal_correct, updated, self.resample_generator)
+        grad_norm = self.apply_gradient()
+        accepted = [i for m, i in enumerate(indices) if accept[m]]
+        self._write_memory(accepted, [proposals.token_ids[m] for m in range(len(indices)) if accept[m]], torch.ones(len(accepted), dtype=torch.bool))
+        valid = memory_correct | proposal_correct
+        beta = leave_one_out_beta(memory_correct, proposal_correct)
+        return {
+            "train_proposal_acc": float(proposal_correct.float().mean()),
+            "memory_acc": float(self.memory_correct.float().mean()),
+            "batch_memory_acc": float(valid.float().mean()),
+            "accept_rate": float(accept.float().mean()),
+            "beta_mean": float(beta[valid].mean()) if valid.any() else float("nan"),
+            "num_candidates": num_candidates,
+            "grad_norm": grad_norm,
+            "loss": loss,
+        }
+
+    def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor:
+        """One draw of the estimator at the current parameters; memory is not written."""
+        prompts, proposals, proposal_correct, memory_correct, _, updated = self._propose(indices)
+        generator = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=self.policy.generator)))
+        self._accumulate(prompts, proposals, memory_correct, proposal_correct, updated, generator)
+        return self.flat_gradient()
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return super().state_dict() | {
+            "memory_tokens": self.memory_tokens.clone(),
+            "memory_lengths": self.memory_lengths.clone(),
+            "memory_correct": self.memory_correct.clone(),
+            "resample_generator": self.resample_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.memory_tokens = state["memory_tokens"].clone()
+        self.memory_lengths = state["memory_lengths"].clone()
+        self.memory_correct = state["memory_correct"].clone()
+        self.resample_generator.set_state(state["resample_generator"])
+
+
+@dataclass
+class TriceNoCVConfig(TriceConfig):
+    control_variate: bool = False
+
+
+class TriceNoCV(Trice):
+    """TRICE without the control variate (``trice-nocv``, §3.1)."""
+
+    name = "trice-nocv"
+    Config = TriceNoCVConfig

@@ -599,7 +599,7 @@ def test_subsampled_mean_over_seeds_equals_full_estimator():
     for mem, prop in cases:
         mem, prop = mem.bool(), prop.bool()
         full = torch.cat(trice_weights(mem, prop)).double()
-        for L in (1, 3, 5):
+        for L in (1, 5):
             draws = torch.stack(
                 [
                     _dense(*trice_candidates(mem, prop, num_samples=L, generator=torch.Generator().manual_seed(s)), m)

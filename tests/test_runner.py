@@ -1,0 +1,150 @@
+"""The shared loop: identical budgets, evaluation, CSV logging, exact resume; compare.py."""
+
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from algorithms import ALGORITHM_NAMES, get_algorithm
+from envs.base import Example, Task
+from trice_rl.budget import Budget
+from trice_rl.evaluation import EvalConfig, majority_vote
+from trice_rl.runner import BASE_COLUMNS, Runner, RunConfig
+
+
+class CoinTask(Task):
+    """A task a random tiny model solves about half the time: a completion "states" the
+    target iff its length is even.  It gives TRICE, STaR and rft non-trivial dynamics."""
+
+    name = "coin"
+    splits = ("train", "test")
+
+    def load_split(self, split):
+        count = 12 if split == "train" else 6
+        return [Example(question=f"q{i}", answer="even", rationale="ab. So the answer is even.") for i in range(count)]
+
+    def extract_answer(self, completion):
+        return "even" if len(completion) % 2 == 0 else "odd"
+
+
+def run_config(samples: int, **kwargs) -> RunConfig:
+    return RunConfig(budget=Budget(samples=samples), eval_every=24, eval=EvalConfig(max_examples=6, majority_k=2, max_new_tokens=8), **kwargs)
+
+
+def small_config(name: str):
+    cls = get_algorithm(name)
+    return cls.Config(batch_size=4, max_new_tokens=8, lr=1e-2)
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("name", ["trice", "trice-nocv", "rft", "grpo", "star"])
+def test_a_run_stops_at_the_budget_and_logs_every_column(name, make_tiny_policy, tmp_path):
+    policy = make_tiny_policy()
+    algorithm = get_algorithm(name)(policy, CoinTask(), small_config(name), seed=0)
+    result = Runner(algorithm, run_config(48), tmp_path, progress=False).run()
+    rows = read_rows(tmp_path / f"{name}-seed0.csv")
+    assert set(BASE_COLUMNS) <= set(rows[0])
+    assert rows[0]["eval_acc_greedy"] != ""  # the base model is evaluated before training
+    assert rows[-1]["eval_acc_majority"] != ""  # majority-of-k at the end
+    assert result["samples_drawn"] >= 48
+    # The budget is checked between steps: the last step may overshoot by less than a step;
+    # the final evaluation row repeats the last step's usage.
+    samples = [int(r["samples_drawn"]) for r in rows]
+    assert samples[-3] < 48 <= samples[-2] == samples[-1]
+
+
+def test_identical_budgets_across_algorithms(make_tiny_policy, tmp_path):
+    used = {}
+    for name in ("trice", "rft", "grpo"):
+        algorithm = get_algorithm(name)(make_tiny_policy(), CoinTask(), small_config(name), seed=0)
+        used[name] = Runner(algorithm, run_config(64), tmp_path / name, progress=False).run()["samples_drawn"]
+    # Every run stops at the first step boundary at or past the budget (rft draws 4 per
+    # example and grpo 8, so a step is 16 or 32 samples; TRICE's setup draws one per example).
+    assert all(64 <= used[name] < 64 + 32 for name in used), used
+
+
+@pytest.mark.parametrize("name", ["trice", "rft"])
+def test_a_stopped_and_resumed_run_equals_the_uninterrupted_one(name, make_tiny_policy, tmp_path, monkeypatch):
+    def fresh():
+        return get_algorithm(name)(make_tiny_policy(seed=3), CoinTask(), small_config(name), seed=3)
+
+    Runner(fresh(), run_config(96, checkpoint_every=2), tmp_path / "whole", progress=False).run()
+
+    interrupted = fresh()
+    original_step = type(interrupted).step
+    calls = {"n": 0}
+
+    def crashing_step(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(type(interrupted), "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(interrupted, run_config(96, checkpoint_every=2), tmp_path / "split", progress=False).run()
+    monkeypatch.undo()
+    Runner(fresh(), run_config(96, checkpoint_every=2), tmp_path / "split", progress=False).run(resume=True)
+
+    whole = pd.read_csv(tmp_path / "whole" / f"{name}-seed3.csv").drop(columns="wall_seconds")
+    split = pd.read_csv(tmp_path / "split" / f"{name}-seed3.csv").drop(columns="wall_seconds")
+    pd.testing.assert_frame_equal(whole, split)
+
+
+def test_trice_never_puts_an_incorrect_proposal_in_memory_and_never_scores_with_the_hint(make_tiny_policy, tmp_path):
+    task = CoinTask()
+    policy = make_tiny_policy()
+    algorithm = get_algorithm("trice")(policy, task, small_config("trice"), seed=0)
+    scored_prompts = []
+    original = policy.logprob
+
+    def spy(prompts, completions, batch_size=None):
+        scored_prompts.extend(prompts)
+        return original(prompts, completions, batch_size)
+
+    policy.logprob = spy
+    algorithm.setup()
+    for _ in range(6):
+        before = algorithm.memory_tokens.clone(), algorithm.memory_correct.clone()
+        algorithm.step()
+        for i in range(len(algorithm.train)):
+            ids = algorithm.memory_tokens[i, : algorithm.memory_lengths[i]].tolist()
+            text = policy.tokenizer.decode(ids, skip_special_tokens=True)
+            changed = not bool((algorithm.memory_tokens[i] == before[0][i]).all())
+            if changed:  # only a correct proposal may replace an entry
+                assert task.score([text], ["even"])[0] == 1.0
+            assert bool(algorithm.memory_correct[i]) == (task.score([text], ["even"])[0] == 1.0)
+        assert bool((algorithm.memory_correct >= before[1]).all())  # correct entries stay correct
+    assert scored_prompts and not any("The answer is" in p for p in scored_prompts)
+
+
+def test_majority_vote_ignores_unanswered_samples_and_breaks_ties_by_first_seen():
+    assert majority_vote([None, "3", "4", "4", None]) == "4"
+    assert majority_vote(["5", "3", "3", "5"]) == "5"
+    assert majority_vote([None, None]) is None
+
+
+def test_every_algorithm_name_resolves():
+    for name in ALGORITHM_NAMES:
+        cls = get_algorithm(name)
+        assert cls.name == name
+    with pytest.raises(ValueError, match="valid: trice"):
+        get_algorithm("ppo")
+
+
+def test_gradient_variance_probe_does_not_change_the_training_trajectory(make_tiny_policy, tmp_path):
+    def run(variance_every, out):
+        algorithm = get_algorithm("trice")(make_tiny_policy(seed=1), CoinTask(), small_config("trice"), seed=1)
+        Runner(algorithm, run_config(64, variance_every=variance_every, variance_draws=3), out, progress=False).run()
+        return pd.read_csv(out / "trice-seed1.csv")
+
+    plain, probed = run(0, tmp_path / "a"), run(1, tmp_path / "b")
+    columns = ["samples_drawn", "train_proposal_acc", "memory_acc", "loss"]
+    pd.testing.assert_frame_equal(plain[columns], probed[columns])
+    assert probed["grad_variance"].notna().sum() >= 2
+    assert np.all(probed["grad_variance"].dropna() >= 0)
