@@ -13,17 +13,15 @@ A task without gold rationales (``task.has_rationales()`` false, e.g. BIG-Bench 
 few-shot rationales are prompts, not training targets) cannot be used: the constructor
 raises a ``ValueError`` naming the task.
 
-It draws no samples (``draws_samples = False``): its cost is scored tokens and optimizer
-steps, so a run needs a budget in one of those (or seconds); a budget in samples alone
-would never be spent.  No ``train_proposal_acc``: there are no proposals.
+It draws no samples: each gold target it trains on is charged as one sample
+(``Algorithm.train_on_targets``), so a samples budget gives it as many examples and
+optimizer steps as TRICE.  No ``train_proposal_acc``: there are no proposals.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
-
-import torch
+from typing import ClassVar
 
 from trice_rl.algorithm import Algorithm, AlgorithmConfig
 
@@ -34,18 +32,12 @@ class CotSftConfig(AlgorithmConfig):
 
     append_eos: bool = True  # the target rationale ends with the EOS token
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"CotSftConfig.batch_size must be at least 1, got {self.batch_size}")
 
-
-class CotSft(Algorithm):
+class CotSFT(Algorithm):
     """Supervised tuning of log p(gold rationale | question) with the CoT template."""
 
     name: ClassVar[str] = "cot-sft"
     Config: ClassVar[type] = CotSftConfig
-    default_tune: ClassVar[str | None] = None
-    draws_samples: ClassVar[bool] = False
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "grad_norm")
 
     def __init__(self, policy, task, config: CotSftConfig | None = None, seed: int = 0):
@@ -60,21 +52,5 @@ class CotSft(Algorithm):
 
     def step(self) -> dict[str, float]:
         indices = self.stream.next(self.config.batch_size)
-        prompts, targets = self.batch(indices)
-        loss = self.policy.accumulate_gradient(prompts, targets, torch.full((len(indices),), 1.0 / len(indices)))
-        grad_norm = self.apply_gradient()
-        return {"loss": loss, "grad_norm": grad_norm}
-
-    def batch(self, indices: Sequence[int]) -> tuple[list[str], list[list[int]]]:
-        """CoT prompts and the token ids of the gold rationales (then EOS)."""
-        prompts = self.cot_prompts(indices)
-        targets = self.policy.encode_completions([self.train[i].rationale for i in indices])
-        eos = _eos_id(self.policy) if self.config.append_eos else None
-        return prompts, [ids + [eos] if eos is not None else ids for ids in targets]
-
-
-def _eos_id(policy) -> int | None:
-    eos = policy.tokenizer.eos_token_id
-    if eos is None and policy.eos_token_ids:
-        eos = policy.eos_token_ids[0]
-    return eos
+        rationales = [self.train[i].rationale for i in indices]
+        return self.train_on_targets(self.cot_prompts(indices), rationales, append_eos=self.config.append_eos)

@@ -52,10 +52,9 @@ class GrpoConfig(AlgorithmConfig):
     kl_coef: float = 0.0  # β of the KL penalty to the base policy (0: off)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.group_size < 2:
             raise ValueError(f"GrpoConfig.group_size must be at least 2 (a group needs a baseline), got {self.group_size}")
-        if self.batch_size < 1:
-            raise ValueError(f"GrpoConfig.batch_size must be at least 1, got {self.batch_size}")
         if self.advantage_eps < 0 or self.kl_coef < 0:
             raise ValueError("GrpoConfig.advantage_eps and kl_coef must be non-negative")
 
@@ -81,13 +80,11 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
     return torch.where(all_equal, torch.zeros_like(advantages), advantages)
 
 
-class Grpo(Algorithm):
+class GRPO(Algorithm):
     """GRPO with correctness rewards; see the module docstring."""
 
     name: ClassVar[str] = "grpo"
     Config: ClassVar[type] = GrpoConfig
-    default_tune: ClassVar[str | None] = None
-    draws_samples: ClassVar[bool] = True
     metric_names: ClassVar[tuple[str, ...]] = ("train_proposal_acc", "zero_advantage_groups", "loss", "grad_norm", "kl")
 
     def __init__(self, policy, task, config: GrpoConfig | None = None, seed: int = 0):

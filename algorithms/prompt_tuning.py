@@ -15,17 +15,15 @@ As in the paper, the tuned parameters are a soft prompt: ``default_tune = "promp
 ``experiments/compare.py`` to build this algorithm's Policy with ``tune="prompt"`` whatever
 ``--tune`` says; the class itself tunes whatever its Policy makes tunable.
 
-It draws no samples (``draws_samples = False``): its cost is scored tokens and optimizer
-steps, so a run needs a budget in one of those (or seconds); a budget in samples alone
-would never be spent.  No ``train_proposal_acc``: there are no proposals.
+It draws no samples: each target it trains on is charged as one sample
+(``Algorithm.train_on_targets``), so a samples budget gives it as many examples and
+optimizer steps as TRICE.  No ``train_proposal_acc``: there are no proposals.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
-
-import torch
+from typing import ClassVar
 
 from trice_rl.algorithm import Algorithm, AlgorithmConfig
 
@@ -36,10 +34,6 @@ class PromptTuningConfig(AlgorithmConfig):
 
     append_eos: bool = True  # the target ends with the EOS token
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"PromptTuningConfig.batch_size must be at least 1, got {self.batch_size}")
-
 
 class PromptTuning(Algorithm):
     """Supervised tuning of log p(answer | question) with the direct template."""
@@ -48,27 +42,10 @@ class PromptTuning(Algorithm):
     Config: ClassVar[type] = PromptTuningConfig
     prompt_kind: ClassVar[str] = "direct"
     default_tune: ClassVar[str | None] = "prompt"
-    draws_samples: ClassVar[bool] = False
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "grad_norm")
 
     def step(self) -> dict[str, float]:
-        indices = self.stream.next(self.config.batch_size)
-        prompts, targets = self.batch(indices)
-        loss = self.policy.accumulate_gradient(prompts, targets, torch.full((len(indices),), 1.0 / len(indices)))
-        grad_norm = self.apply_gradient()
-        return {"loss": loss, "grad_norm": grad_norm}
-
-    def batch(self, indices: Sequence[int]) -> tuple[list[str], list[list[int]]]:
-        """Direct prompts and the token ids of their targets (answer, then EOS)."""
-        examples = [self.train[i] for i in indices]
+        examples = [self.train[i] for i in self.stream.next(self.config.batch_size)]
         prompts = [self.task.direct_prompt(e.question) for e in examples]
-        targets = self.policy.encode_completions([self.task.direct_completion(e.answer) for e in examples])
-        eos = _eos_id(self.policy) if self.config.append_eos else None
-        return prompts, [ids + [eos] if eos is not None else ids for ids in targets]
-
-
-def _eos_id(policy) -> int | None:
-    eos = policy.tokenizer.eos_token_id
-    if eos is None and policy.eos_token_ids:
-        eos = policy.eos_token_ids[0]
-    return eos
+        targets = [self.task.direct_completion(e.answer) for e in examples]
+        return self.train_on_targets(prompts, targets, append_eos=self.config.append_eos)

@@ -52,9 +52,10 @@ class RftConfig(AlgorithmConfig):
     rest_examples_per_iteration: int | None = None  # ReST-EM: examples per round (None: all)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"RftConfig.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("particles", "rest_samples_per_example", "rest_max_kept_per_example", "rest_inner_steps", "batch_size"):
+        for name in ("particles", "rest_samples_per_example", "rest_max_kept_per_example", "rest_inner_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RftConfig.{name} must be at least 1, got {getattr(self, name)}")
 
@@ -82,13 +83,11 @@ def rft_coefficients(correct: torch.Tensor) -> torch.Tensor:
     return torch.where(has_correct, c / per_example.clamp(min=1), torch.zeros_like(c)) / num_valid
 
 
-class Rft(Algorithm):
+class RejectionFineTuning(Algorithm):
     """Rejection fine-tuning; see the module docstring."""
 
     name: ClassVar[str] = "rft"
     Config: ClassVar[type] = RftConfig
-    default_tune: ClassVar[str | None] = None
-    draws_samples: ClassVar[bool] = True
     metric_names: ClassVar[tuple[str, ...]] = ("train_proposal_acc", "examples_with_correct", "loss", "grad_norm")
 
     def __init__(self, policy, task, config: RftConfig | None = None, seed: int = 0):

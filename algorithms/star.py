@@ -85,7 +85,8 @@ class StarConfig(AlgorithmConfig):
     max_kept_per_example: int = 1  # distinct correct rationales kept per example
 
     def __post_init__(self) -> None:
-        for name in ("initial_inner_steps", "samples_per_example", "max_kept_per_example", "batch_size"):
+        super().__post_init__()
+        for name in ("initial_inner_steps", "samples_per_example", "max_kept_per_example"):
             if getattr(self, name) < 1:
                 raise ValueError(f"StarConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.inner_steps_growth <= 0:
@@ -107,8 +108,6 @@ class Star(Algorithm):
 
     name: ClassVar[str] = "star"
     Config: ClassVar[type] = StarConfig
-    default_tune: ClassVar[str | None] = None  # compare.py: use the --tune of the run
-    draws_samples: ClassVar[bool] = True
     metric_names: ClassVar[tuple[str, ...]] = (
         "train_proposal_acc",
         "kept_fraction",
@@ -218,11 +217,7 @@ class Star(Algorithm):
         batch = self.kept_stream.next(min(config.batch_size, len(self.kept_index)))
         prompts = self.cot_prompts([self.kept_index[j] for j in batch])
         completions = [self.kept_tokens[j] for j in batch]
-        loss = self.policy.accumulate_gradient(prompts, completions, torch.full((len(batch),), 1.0 / len(batch)))
-        grad_norm = self.apply_gradient()
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
+        metrics = self.supervised_step(prompts, completions) | {
             "iteration": float(self.iteration),
             "inner_step": float(self.inner_step),
             "kept_size": float(len(self.kept_index)),

@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.cot_sft import CotSft, CotSftConfig
-from algorithms.grpo import Grpo, GrpoConfig, group_advantages
+from algorithms.cot_sft import CotSFT, CotSftConfig
+from algorithms.grpo import GRPO, GrpoConfig, group_advantages
 from algorithms.prompt_tuning import PromptTuning, PromptTuningConfig
-from algorithms.rft import Rft, RftConfig, rft_coefficients
+from algorithms.rft import RejectionFineTuning, RftConfig, rft_coefficients
 from algorithms.star import Star, StarConfig, inner_steps_for
 from envs.arithmetic import ArithmeticTask
 from envs.base import Example, Task
 from trice_rl.budget import Budget
 from trice_rl.evaluation import EvalConfig
+from trice_rl.policy import Samples
 from trice_rl.runner import Runner, RunConfig
 
 HINT_MARKER = "Answer: The answer is"  # in the hinted template, not in the CoT template
@@ -100,7 +101,10 @@ def test_star_trains_without_the_hint_and_rationalizes_failures(make_tiny_policy
 
     monkeypatch.setattr(task, "score", score)
     algo = Star(policy, task, StarConfig(batch_size=3, initial_inner_steps=2, **SMALL), seed=0)
-    metrics = [algo.step() for _ in range(4)]  # 2 sampling steps (3 examples each), 2 inner steps
+    metrics = [algo.step() for _ in range(2)]  # 2 sampling steps of 3 examples each
+    assert algo.phase == "train" and len(algo.kept_index) == 6 and sum(algo.kept_rationalized) == 4
+    metrics += [algo.step() for _ in range(2)]  # the 2 inner steps of iteration 0
+    assert algo.phase == "sample" and algo.iteration == 1
 
     # Sampling: per chunk 3 un-hinted prompts, then the hinted prompts of its 2 failures.
     assert [len(prompts) for prompts, _ in spy.samples] == [3, 2, 3, 2]
@@ -113,7 +117,6 @@ def test_star_trains_without_the_hint_and_rationalizes_failures(make_tiny_policy
     assert metrics[1]["kept_fraction"] == 1.0
     assert metrics[1]["rationalized_fraction"] == pytest.approx(4 / 6)
     assert metrics[1]["rationalization_acc"] == 1.0
-    assert sum(algo.kept_rationalized) == 4 if algo.phase == "train" else True
 
     # Nothing scored or trained on ever has the hint in its context...
     assert spy.scored and spy.trained
@@ -200,7 +203,7 @@ def test_rft_ignores_examples_without_a_correct_particle(make_tiny_policy, monke
     policy = make_tiny_policy(seed=0)
     spy = Spy(policy)
     monkeypatch.setattr(task, "score", pattern_score(RFT_PATTERN))
-    algo = Rft(policy, task, RftConfig(batch_size=3, particles=4, **SMALL), seed=0)
+    algo = RejectionFineTuning(policy, task, RftConfig(batch_size=3, particles=4, **SMALL), seed=0)
     metrics = algo.step()
     assert metrics["train_proposal_acc"] == pytest.approx(6 / 12)
     assert metrics["examples_with_correct"] == pytest.approx(2 / 3)
@@ -224,7 +227,7 @@ def test_rft_rest_em_keeps_capped_correct_samples_and_fine_tunes_from_base(make_
     policy = make_tiny_policy(seed=0)
     monkeypatch.setattr(task, "score", lambda completions, targets: np.ones(len(completions), dtype=np.float32))
     config = RftConfig(mode="rest_em", batch_size=4, rest_samples_per_example=3, rest_max_kept_per_example=2, rest_inner_steps=2, **SMALL)
-    algo = Rft(policy, task, config, seed=0)
+    algo = RejectionFineTuning(policy, task, config, seed=0)
     assert set(Star.metric_names) <= set(algo.metric_names)
     algo.step()  # one sampling pass over the 4 examples, 3 samples each
     assert policy.meter.samples == 12  # no hinted retries
@@ -260,7 +263,7 @@ def test_grpo_coefficients_and_zero_gradient_for_all_equal_groups(make_tiny_poli
     policy = make_tiny_policy(seed=0)
     spy = Spy(policy)
     monkeypatch.setattr(task, "score", pattern_score(GRPO_PATTERN))
-    algo = Grpo(policy, task, GrpoConfig(batch_size=4, group_size=4, **SMALL), seed=0)
+    algo = GRPO(policy, task, GrpoConfig(batch_size=4, group_size=4, **SMALL), seed=0)
     metrics = algo.step()
     assert metrics["train_proposal_acc"] == pytest.approx(7 / 16)
     assert metrics["zero_advantage_groups"] == 0.5
@@ -278,11 +281,19 @@ def test_grpo_coefficients_and_zero_gradient_for_all_equal_groups(make_tiny_poli
     assert prompts[1] not in trained_prompts and prompts[2] not in trained_prompts
 
 
+def test_grpo_length_normalisation_divides_by_the_token_count(make_tiny_policy):
+    algo = GRPO(make_tiny_policy(), make_task(), GrpoConfig(batch_size=1, group_size=2, length_normalize=True, **SMALL))
+    samples = Samples(texts=["a", "b"], token_ids=[[5, 6, 7, 8], [9, 10]], logprobs=torch.zeros(2), prompt_index=[0, 0], finished=[True, True])
+    coefficients = algo.coefficients(samples, torch.tensor([[1.0, 0.0]]))
+    a = 0.5 / (2**-0.5 + 1e-4)  # (1 - mean) / (unbiased std + eps)
+    torch.testing.assert_close(coefficients, torch.tensor([a / 2 / 4, -a / 2 / 2]))
+
+
 def test_grpo_kl_penalty_scores_against_the_base_policy_and_restores_parameters(make_tiny_policy, monkeypatch):
     task = make_task(num_train=4)
     policy = make_tiny_policy(seed=0)
     monkeypatch.setattr(task, "score", parity_score)
-    algo = Grpo(policy, task, GrpoConfig(batch_size=2, group_size=3, kl_coef=0.5, **SMALL), seed=0)
+    algo = GRPO(policy, task, GrpoConfig(batch_size=2, group_size=3, kl_coef=0.5, **SMALL), seed=0)
     first = algo.step()
     assert abs(first["kl"]) < 1e-3  # the policy is still the reference
     before = policy.tunable_state_dict()
@@ -314,7 +325,8 @@ def test_prompt_tuning_uses_the_direct_template_and_lowers_its_loss(make_tiny_po
         for e in task.examples("train")
     }
     assert {(p, tuple(ids)) for p, ids in spy.scored} == expected
-    assert policy.meter.samples == 0 and policy.meter.optimizer_steps == 12
+    # Each target is charged as one sample: 12 steps of 4 examples, nothing generated.
+    assert (policy.meter.samples, policy.meter.tokens_generated, policy.meter.optimizer_steps) == (48, 0, 12)
 
 
 class NoRationaleTask(Task):
@@ -326,14 +338,14 @@ class NoRationaleTask(Task):
 
 def test_cot_sft_needs_gold_rationales(make_tiny_policy):
     with pytest.raises(ValueError, match="no-rationales"):
-        CotSft(make_tiny_policy(), NoRationaleTask())
+        CotSFT(make_tiny_policy(), NoRationaleTask())
 
 
 def test_cot_sft_trains_on_gold_rationales_with_the_cot_template(make_tiny_policy):
     task = make_task(num_train=4)
     policy = make_tiny_policy(seed=0)
     spy = Spy(policy)
-    algo = CotSft(policy, task, CotSftConfig(batch_size=4, lr=1e-2), seed=0)
+    algo = CotSFT(policy, task, CotSftConfig(batch_size=4, lr=1e-2), seed=0)
     losses = [algo.step()["loss"] for _ in range(4)]
     assert losses[-1] < losses[0]
     eos = policy.tokenizer.eos_token_id
@@ -349,11 +361,11 @@ def test_cot_sft_trains_on_gold_rationales_with_the_cot_template(make_tiny_polic
 
 VARIANTS = {
     "star": (Star, StarConfig(batch_size=2, initial_inner_steps=2, **SMALL)),
-    "rft": (Rft, RftConfig(batch_size=2, particles=3, **SMALL)),
-    "rft-rest_em": (Rft, RftConfig(mode="rest_em", batch_size=2, rest_samples_per_example=3, rest_max_kept_per_example=2, rest_inner_steps=2, **SMALL)),
-    "grpo": (Grpo, GrpoConfig(batch_size=2, group_size=3, kl_coef=0.1, **SMALL)),
+    "rft": (RejectionFineTuning, RftConfig(batch_size=2, particles=3, **SMALL)),
+    "rft-rest_em": (RejectionFineTuning, RftConfig(mode="rest_em", batch_size=2, rest_samples_per_example=3, rest_max_kept_per_example=2, rest_inner_steps=2, **SMALL)),
+    "grpo": (GRPO, GrpoConfig(batch_size=2, group_size=3, kl_coef=0.1, **SMALL)),
     "prompt-tuning": (PromptTuning, PromptTuningConfig(batch_size=2, lr=1e-2)),
-    "cot-sft": (CotSft, CotSftConfig(batch_size=2, lr=1e-2)),
+    "cot-sft": (CotSFT, CotSftConfig(batch_size=2, lr=1e-2)),
 }
 
 
@@ -411,7 +423,7 @@ def test_runs_end_to_end_through_the_runner(make_tiny_policy, monkeypatch, tmp_p
     policy = make_tiny_policy(tune=getattr(cls, "default_tune", None) or "full", seed=0)
     algo = cls(policy, task, config, seed=0)
     # Algorithms that draw no samples need a budget they do spend.
-    budget = Budget(samples=20) if cls.draws_samples else Budget(optimizer_steps=3)
+    budget = Budget(samples=20)
     run_config = RunConfig(
         budget=budget,
         eval_every=10,
@@ -427,10 +439,10 @@ def test_runs_end_to_end_through_the_runner(make_tiny_policy, monkeypatch, tmp_p
     assert set(algo.metric_names) <= set(rows[0])
     steps = rows[1:-1]
     assert steps and all(row["algo"] == cls.name for row in rows)
-    if cls.draws_samples:
-        assert policy.meter.samples >= 20
-        assert any(row["train_proposal_acc"] != "" for row in steps)
+    assert policy.meter.samples >= 20
+    if cls in (PromptTuning, CotSFT):  # their training targets are charged as samples
+        assert policy.meter.tokens_generated == 0
     else:
-        assert policy.meter.optimizer_steps == 3 and policy.meter.samples == 0
+        assert any(row["train_proposal_acc"] != "" for row in steps)
     if variant in ("rft", "grpo"):
         assert any(row["grad_variance"] != "" and math.isfinite(float(row["grad_variance"])) for row in steps)

@@ -24,6 +24,13 @@ class AlgorithmConfig:
     max_grad_norm: float | None = 1.0
     max_new_tokens: int = 128
 
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"{type(self).__name__}.lr must be positive, got {self.lr}")
+
 
 class MinibatchStream:
     """Minibatches of example indices, without replacement within an epoch and a fresh
@@ -69,6 +76,7 @@ class Algorithm:
     name: ClassVar[str] = "algorithm"
     Config: ClassVar[type] = AlgorithmConfig
     prompt_kind: ClassVar[str] = "cot"  # which template evaluation uses
+    default_tune: ClassVar[str | None] = None  # a tune mode the method requires (compare.py)
     metric_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, policy: Policy, task: Task, config: AlgorithmConfig | None = None, seed: int = 0):
@@ -120,6 +128,23 @@ class Algorithm:
 
     def apply_gradient(self) -> float:
         return self.policy.optimizer_step(self.optimizer, max_grad_norm=self.config.max_grad_norm)
+
+    def supervised_step(self, prompts: Sequence[str], completions: Sequence[Sequence[int]]) -> dict[str, float]:
+        """One optimizer step on the batch mean of -log p(completion | prompt)."""
+        coefficients = torch.full((len(prompts),), 1.0 / len(prompts))
+        loss = self.policy.accumulate_gradient(prompts, completions, coefficients)
+        return {"loss": loss, "grad_norm": self.apply_gradient()}
+
+    def train_on_targets(self, prompts: Sequence[str], targets: Sequence[str], append_eos: bool = True) -> dict[str, float]:
+        """A supervised step on given targets (gold rationales, direct answers), for methods
+        that draw no samples.  Each target is charged as one sample, so that a budget in
+        samples gives them as many examples and optimizer steps of the same batch size as
+        TRICE, which draws one sample per example per step."""
+        token_ids = self.policy.encode_completions(targets)
+        if append_eos and self.policy.eos_token_ids:  # learn to stop, as sampled rationales do
+            token_ids = [ids + [self.policy.eos_token_ids[0]] for ids in token_ids]
+        self.policy.meter.add_samples(len(targets), tokens_generated=0)
+        return self.supervised_step(prompts, token_ids)
 
     def flat_gradient(self) -> torch.Tensor:
         """The accumulated gradient as one vector, then cleared (for estimate_gradient)."""

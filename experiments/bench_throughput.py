@@ -1,0 +1,508 @@
+"""Throughput of the shared Policy and of our training steps, against Hugging Face / TRL.
+
+    python experiments/bench_throughput.py            # full sizes (several minutes on 2 cores)
+    python experiments/bench_throughput.py --quick    # small sizes, about a minute
+
+For two models, (a) the built-in model and (b) a randomly initialised Llama of about 85M
+parameters over the built-in character vocabulary (``--quick``: about 11M), it measures
+
+* sampling: ``Policy.sample`` against a plain ``model.generate`` loop (do_sample, top_k=0,
+  top_p=1, temperature 1, same prompts, same n per prompt via ``num_return_sequences``, same
+  max_new_tokens).  EOS is made unable to end a sample on both sides (generate:
+  ``min_new_tokens = max_new_tokens``; the Policy: no EOS ids, no stop strings), so every
+  row has exactly ``max_new_tokens`` tokens.  Ratio = our tokens/s / generate's (> 1: ours
+  is faster);
+* training: one ``trice`` step and one ``grpo`` step of our algorithms through the Policy,
+  against one TRL ``GRPOTrainer`` step with the same prompts per step (M), generations per
+  prompt (G) and completion length (forced to T on every side, as above); fp32, no gradient
+  checkpointing, beta = 0 (TRL's default: no reference model), one update per batch.
+  Rewards are synthetic: every other sample of a group counts as correct, so every group
+  has a non-zero advantage and both GRPO implementations back-propagate all M·G samples
+  (with a random model all rewards would be 0 and our GRPO would skip the backward pass).
+  Ratios are our time / TRL's time per step and per drawn sample (< 1: ours is faster);
+* achieved FLOP/s: model FLOPs counted by a hook on the decoder for every forward call
+  (non-padding tokens only): 2·N per token without gradient (sampling, scoring), 6·N per
+  token with gradient (forward + backward), N = non-embedding parameters (attention score
+  FLOPs and the LM head are not counted), divided by the step's wall time; and the fraction
+  of the machine's float32 matmul FLOP/s measured in the same run (a square torch.matmul
+  with the same thread count).
+
+Every measurement is warmed up once and repeated (``--repeats``); the table shows medians.
+Results go to a CSV (``--out``, default ``runs/throughput/throughput.csv``) together with
+the machine (CPU model, cores, threads, load average).  ``--profile`` adds cProfile
+summaries of one ``Policy.sample`` call and one ``grpo`` step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import cProfile
+import csv
+import io
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+import envs  # noqa: E402,F401  (registers the environments)
+from algorithms import get_algorithm  # noqa: E402
+from envs.arithmetic import ArithmeticTask  # noqa: E402
+from trice_rl.policy import Policy  # noqa: E402
+
+
+# ------------------------------------------------------------------ settings
+@dataclass
+class Sizes:
+    sample_prompts: int  # prompts per sampling call
+    sample_n: int  # samples per prompt
+    sample_tokens: int  # max_new_tokens (forced) when sampling
+    step_prompts: int  # M: prompts per training step
+    step_group: int  # G: generations per prompt (GRPO, TRL)
+    step_tokens: int  # T: completion length in training steps
+    repeats: int
+    big_model: dict = field(default_factory=dict)
+
+
+FULL = Sizes(8, 4, 64, 4, 4, 48, 3, dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048))
+QUICK = Sizes(4, 2, 16, 2, 2, 16, 2, dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1024))
+
+
+# ------------------------------------------------------------------ machine
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__}
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def matmul_flops(size: int, repeats: int) -> float:
+    """float32 FLOP/s of a square ``size`` x ``size`` torch.matmul (2·size³ FLOPs), median."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.matmul(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+# ------------------------------------------------------------------ models
+def builtin_model(size: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trice_rl.builtin_model import builtin_model_path
+
+    path = builtin_model_path("arithmetic", size=size)
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def random_llama(shape: dict, seed: int = 0):
+    """A random-weight Llama over the built-in character tokenizer (throughput only)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from trice_rl.builtin_model import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        num_key_value_heads=shape["num_attention_heads"],
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **shape,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    return model, tokenizer
+
+
+def non_embedding_parameters(model) -> int:
+    skip = {id(p) for module in (model.get_input_embeddings(), model.get_output_embeddings()) if module is not None for p in module.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+class FlopCounter:
+    """Counts model FLOPs of every forward of a decoder: 2·N per non-padding input token
+    without gradient, 6·N with gradient (forward + backward)."""
+
+    def __init__(self, model, n_params: int):
+        self.n = n_params
+        self.flops = 0.0
+        self.tokens_no_grad = 0
+        self.tokens_grad = 0
+        self.handle = model.get_decoder().register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        if ids is None and args:
+            ids = args[0]
+        if ids is None:
+            return
+        rows, length = ids.shape[0], ids.shape[1]
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == rows:
+            tokens = int(mask[:, -length:].sum())
+        else:
+            tokens = rows * length
+        if torch.is_grad_enabled():
+            self.tokens_grad += tokens
+            self.flops += 6 * self.n * tokens
+        else:
+            self.tokens_no_grad += tokens
+            self.flops += 2 * self.n * tokens
+
+    def reset(self) -> None:
+        self.flops, self.tokens_no_grad, self.tokens_grad = 0.0, 0, 0
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+# ------------------------------------------------------------------ the task
+def make_task(num_train: int) -> ArithmeticTask:
+    task = ArithmeticTask(num_train=num_train, num_validation=1, num_test=1)
+    task.stop_strings = ()  # forced lengths: nothing ends a sample early
+    return task
+
+
+def synthetic_correct(count: int) -> list[bool]:
+    """Every other sample is 'correct': every group of ≥ 2 has a non-zero advantage."""
+    return [i % 2 == 0 for i in range(count)]
+
+
+def no_eos_policy(model, tokenizer, seed: int = 0) -> Policy:
+    policy = Policy(model, tokenizer, tune="full", seed=seed)
+    policy.eos_token_ids = []  # EOS may be drawn but never ends a sample: forced lengths
+    return policy
+
+
+# ------------------------------------------------------------------ sampling
+def bench_sampling(model, tokenizer, sizes: Sizes, n_params: int, peak: float, profile: bool) -> list[dict]:
+    task = make_task(max(sizes.sample_prompts, 4))
+    prompts = [task.cot_prompt(e.question) for e in task.examples("train")[: sizes.sample_prompts]]
+    n, new_tokens = sizes.sample_n, sizes.sample_tokens
+    policy = no_eos_policy(model, tokenizer)
+    eos = sorted({tokenizer.eos_token_id, *(v for v in [model.generation_config.eos_token_id] if isinstance(v, int))})
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True)
+    counter = FlopCounter(model, n_params)
+
+    def ours():
+        samples = policy.sample(prompts, n=n, max_new_tokens=new_tokens)
+        assert all(len(ids) == new_tokens for ids in samples.token_ids)
+        return samples.num_tokens
+
+    def generate():
+        with torch.no_grad():
+            out = model.generate(
+                **encoded,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                num_return_sequences=n,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        generated = out.shape[1] - encoded["input_ids"].shape[1]
+        assert generated == new_tokens, generated
+        return out.shape[0] * generated
+
+    results = {}
+    runs = {"policy.sample": ours, "model.generate": generate}
+    for fn in runs.values():  # warm-up
+        fn()
+    times = {name: [] for name in runs}
+    flops = {name: [] for name in runs}
+    tokens = {}
+    for _ in range(sizes.repeats):
+        for name, fn in runs.items():  # interleaved, so drifting load hits both alike
+            counter.reset()
+            start = time.perf_counter()
+            tokens[name] = fn()
+            times[name].append(time.perf_counter() - start)
+            flops[name].append(counter.flops)
+    counter.remove()
+    for name in runs:
+        seconds = statistics.median(times[name])
+        results[name] = dict(
+            benchmark="sample",
+            implementation=name,
+            setting=f"{len(prompts)} prompts x n={n}, {new_tokens} new tokens",
+            seconds=seconds,
+            samples=len(prompts) * n,
+            tokens=tokens[name],
+            tokens_per_s=tokens[name] / seconds,
+            model_flops=statistics.median(flops[name]),
+        )
+    results["policy.sample"]["ratio"] = results["policy.sample"]["tokens_per_s"] / results["model.generate"]["tokens_per_s"]
+    results["policy.sample"]["ratio_meaning"] = "tokens/s ours / generate"
+    if profile:
+        print_profile("Policy.sample", ours)
+        print_profile("model.generate", generate)
+    return finish(list(results.values()), peak)
+
+
+# ------------------------------------------------------------------ training steps
+def bench_steps(model, tokenizer, sizes: Sizes, n_params: int, peak: float, profile: bool) -> list[dict]:
+    m, g, t, repeats = sizes.step_prompts, sizes.step_group, sizes.step_tokens, sizes.repeats
+    num_train = m * (repeats + 2)
+    rows = [
+        run_our_step("trice", model, tokenizer, make_task(num_train), dict(batch_size=m, max_new_tokens=t, init_batch_size=num_train), m, n_params, repeats, profile),
+        run_our_step("grpo", model, tokenizer, make_task(num_train), dict(batch_size=m, group_size=g, max_new_tokens=t), m * g, n_params, repeats, profile),
+        run_trl_step(model, tokenizer, make_task(num_train), m, g, t, n_params, repeats),
+    ]
+    trl = rows[-1]
+    for row in rows[:2]:
+        row["ratio"] = row["seconds"] / trl["seconds"]
+        row["ratio_per_sample"] = row["s_per_sample"] / trl["s_per_sample"]
+        row["ratio_meaning"] = "time ours / TRL GRPOTrainer"
+    return finish(rows, peak)
+
+
+def run_our_step(name, base_model, tokenizer, task, config_kwargs, samples_per_step, n_params, repeats, profile) -> dict:
+    cls = get_algorithm(name)
+
+    class Synthetic(cls):
+        def correct(self, samples, indices):
+            import numpy as np
+
+            return np.array(synthetic_correct(len(samples)))
+
+    model = copy.deepcopy(base_model)
+    policy = no_eos_policy(model, tokenizer)
+    algorithm = Synthetic(policy, task, cls.Config(lr=1e-5, **config_kwargs), seed=0)
+    algorithm.setup()
+    counter = FlopCounter(model, n_params)
+    algorithm.step()  # warm-up
+    times, flops = [], []
+    for _ in range(repeats):
+        counter.reset()
+        start = time.perf_counter()
+        algorithm.step()
+        times.append(time.perf_counter() - start)
+        flops.append(counter.flops)
+    counter.remove()
+    if profile and name == "grpo":
+        print_profile(f"{name} step", algorithm.step)
+    seconds = statistics.median(times)
+    return dict(
+        benchmark="train_step",
+        implementation=f"ours:{name}",
+        setting=_step_setting(config_kwargs["batch_size"], config_kwargs.get("group_size", 1), config_kwargs["max_new_tokens"]),
+        seconds=seconds,
+        samples=samples_per_step,
+        s_per_sample=seconds / samples_per_step,
+        model_flops=statistics.median(flops),
+    )
+
+
+def run_trl_step(base_model, tokenizer, task, m, g, t, n_params, repeats) -> dict:
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trice_rl.trl_adapter import task_dataset
+
+    model = copy.deepcopy(base_model)
+    counter = FlopCounter(model, n_params)
+    marks: list[tuple[float, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append((time.perf_counter(), counter.flops))
+
+    def synthetic_reward(prompts, completions, **kwargs):
+        return [float(c) for c in synthetic_correct(len(completions))]
+
+    with tempfile.TemporaryDirectory() as out:
+        args = GRPOConfig(
+            output_dir=out,
+            per_device_train_batch_size=m * g,  # completions per step
+            num_generations=g,
+            max_completion_length=t,
+            generation_kwargs={"min_new_tokens": t},  # forced lengths, as for ours
+            max_steps=repeats + 1,
+            learning_rate=1e-5,
+            beta=0.0,
+            gradient_checkpointing=False,
+            bf16=False,
+            use_cpu=True,
+            report_to="none",
+            logging_strategy="no",
+            save_strategy="no",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=0,
+        )
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=synthetic_reward, args=args, train_dataset=task_dataset(task), processing_class=tokenizer, callbacks=[Clock()]
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its final metrics
+            trainer.train()
+    counter.remove()
+    # Step k's time and FLOPs: between the ends of steps k-1 and k; the first step is the warm-up.
+    times = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    flops = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    seconds = statistics.median(times)
+    return dict(
+        benchmark="train_step",
+        implementation="trl:GRPOTrainer",
+        setting=_step_setting(m, g, t),
+        seconds=seconds,
+        samples=m * g,
+        s_per_sample=seconds / (m * g),
+        model_flops=statistics.median(flops),
+    )
+
+
+def _step_setting(m: int, g: int, t: int) -> str:
+    return f"M={m} prompts x G={g}, T={t} tokens"
+
+
+# ------------------------------------------------------------------ output
+def finish(rows: list[dict], peak: float) -> list[dict]:
+    for row in rows:
+        row["flops_per_s"] = row["model_flops"] / row["seconds"]
+        row["frac_of_matmul"] = row["flops_per_s"] / peak
+    return rows
+
+
+def print_profile(title: str, fn, lines: int = 25) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    fn()
+    profiler.disable()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(lines)
+    print(f"\n--- cProfile: {title} (sorted by own time) ---")
+    print("\n".join(stream.getvalue().splitlines()[:lines + 12]))
+
+
+COLUMNS = [
+    "model", "non_embedding_params", "benchmark", "implementation", "setting", "seconds", "samples", "tokens",
+    "tokens_per_s", "s_per_sample", "model_flops", "flops_per_s", "frac_of_matmul", "ratio", "ratio_per_sample",
+    "ratio_meaning", "matmul_flops_per_s", "cpu", "cores", "threads", "load1_start", "load1_end", "torch",
+]
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'model':<22} {'benchmark':<10} {'implementation':<17} {'setting':<34} {'median s':>9} {'tok/s':>8} {'s/sample':>9} {'GFLOP/s':>8} {'%matmul':>8} {'ratio':>7} {'per-smpl':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        def fmt(key, spec):
+            value = r.get(key)
+            return format(value, spec) if isinstance(value, (int, float)) else ""
+
+        print(
+            f"{r['model']:<22} {r['benchmark']:<10} {r['implementation']:<17} {r['setting']:<34} {fmt('seconds', '9.3f')} "
+            f"{fmt('tokens_per_s', '8.0f'):>8} {fmt('s_per_sample', '9.3f'):>9} {r['flops_per_s'] / 1e9:8.2f} "
+            f"{100 * r['frac_of_matmul']:7.1f}% {fmt('ratio', '7.2f'):>7} {fmt('ratio_per_sample', '8.2f'):>8}"
+        )
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--out", default="runs/throughput/throughput.csv", help="CSV to write")
+    parser.add_argument("--builtin-size", choices=("auto", "default", "tiny"), default="auto",
+                        help="built-in model size; auto: default, or tiny with --quick when default is not built yet")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement (after one warm-up)")
+    parser.add_argument("--models", default="builtin,random", help="comma list of builtin, random")
+    parser.add_argument("--profile", action="store_true", help="print cProfile summaries of sampling and a grpo step")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    sizes = copy.copy(QUICK if args.quick else FULL)
+    if args.repeats:
+        sizes.repeats = args.repeats
+    machine = machine_info(args.threads)
+    load_start = load_average()
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch threads {args.threads}, torch {machine['torch']}, load1 {load_start:.2f}")
+    peak = matmul_flops(1024 if args.quick else 2048, 5)
+    print(f"float32 matmul ({1024 if args.quick else 2048}^2, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s")
+    print("model FLOPs = 2*N per token without grad + 6*N per token with grad (forward+backward); "
+          "N = non-embedding parameters; non-padding tokens, counted at the decoder; attention scores not counted")
+
+    builtin_size = args.builtin_size
+    if builtin_size == "auto":
+        builtin_size = "default"
+        if args.quick:
+            from trice_rl.builtin_model import BuiltinConfig, cache_root
+
+            built = (cache_root() / "builtin" / BuiltinConfig.preset("arithmetic", "default").folder_name()).is_dir()
+            builtin_size = "default" if built else "tiny"
+
+    rows: list[dict] = []
+    for which in [w.strip() for w in args.models.split(",") if w.strip()]:
+        started = time.perf_counter()
+        if which == "builtin":
+            model, tokenizer = builtin_model(builtin_size)
+            label = f"builtin:arithmetic:{builtin_size}"
+        elif which == "random":
+            model, tokenizer = random_llama(sizes.big_model)
+            label = "random-llama"
+        else:
+            raise SystemExit(f"unknown model {which!r}; valid: builtin, random")
+        n_params = non_embedding_parameters(model)
+        label = f"{label} ({n_params / 1e6:.1f}M)"
+        print(f"\n== {label}: {n_params:,} non-embedding parameters", flush=True)
+        model_rows = bench_sampling(model, tokenizer, sizes, n_params, peak, args.profile)
+        model_rows += bench_steps(model, tokenizer, sizes, n_params, peak, args.profile)
+        for row in model_rows:
+            row.update(model=label, non_embedding_params=n_params)
+        print_table(model_rows)
+        print(f"({time.perf_counter() - started:.0f} s)", flush=True)
+        rows += model_rows
+
+    load_end = load_average()
+    for row in rows:
+        row.update(machine, matmul_flops_per_s=peak, load1_start=load_start, load1_end=load_end)
+    print()
+    print_table(rows)
+    print(f"\nratio: sample = our tokens/s / generate's (>1: ours faster); train_step = our time / TRL's (<1: ours faster). load1 {load_start:.2f} -> {load_end:.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    print(f"wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Train on the project's reasoning environments with TRL.
+
+Two functions turn a :class:`~envs.base.Task` into what TRL's ``GRPOTrainer`` consumes:
+
+* :func:`task_dataset`: a ``datasets.Dataset`` with columns ``prompt`` (the plain-text
+  prompt, not chat messages), ``answer`` (the target) and ``index`` (the example's position
+  in the split);
+* :func:`task_reward`: a reward function ``reward(prompts, completions, answer, **kwargs)
+  -> list[float]`` that returns 1.0 for a completion stating the right answer, else 0.0, by
+  the Task's own batched :meth:`~envs.base.Task.score`.  GRPOTrainer passes every extra
+  dataset column as a keyword argument (one entry per completion), which is how ``answer``
+  arrives.
+
+Usage::
+
+    import envs
+    from trl import GRPOConfig, GRPOTrainer
+    from trice_rl.trl_adapter import task_dataset, task_reward
+
+    task = envs.make_task("trice_rl/Arithmetic-v0")
+    trainer = GRPOTrainer(
+        model="path/to/causal-lm",
+        reward_funcs=task_reward(task),
+        args=GRPOConfig(output_dir="runs/trl-grpo", num_generations=8, max_completion_length=128),
+        train_dataset=task_dataset(task, "train"),
+    )
+    trainer.train()
+
+TRL does not stop generation at the task's stop strings (``"\\nQuestion:"``: the model
+running on into a next question), so the reward cuts each completion before the first stop
+string, as :meth:`trice_rl.policy.Policy.sample` does, before the answer is read; an answer
+stated in the run-on text never counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from envs.base import Task
+
+PROMPT_KINDS = ("cot", "direct")
+# What precedes a direct completion ("7.") so that the answer checker can read it; the
+# same convention as trice_rl.evaluation.completion_texts.
+_DIRECT_PREFIX = "The answer is "
+
+
+def _prompt(task: Task, question: str, prompt_kind: str) -> str:
+    if prompt_kind == "cot":
+        return task.cot_prompt(question)
+    if prompt_kind == "direct":
+        return task.direct_prompt(question)
+    raise ValueError(f"prompt_kind must be one of {', '.join(PROMPT_KINDS)}, got {prompt_kind!r}")
+
+
+def task_dataset(task: Task, split: str = "train", prompt_kind: str = "cot"):
+    """The examples of ``task``'s ``split`` as a ``datasets.Dataset`` for TRL.
+
+    Columns: ``prompt`` (str: ``task.cot_prompt(question)``, or ``task.direct_prompt`` with
+    ``prompt_kind="direct"``), ``answer`` (str: the target) and ``index`` (int: position in
+    ``task.examples(split)``).  Prompts are plain text (TRL's "standard" format), so no chat
+    template is applied.
+
+    Example::
+
+        >>> from envs.arithmetic import ArithmeticTask
+        >>> ds = task_dataset(ArithmeticTask(num_train=4), "train")
+        >>> ds.column_names
+        ['prompt', 'answer', 'index']
+        >>> ds[0]["prompt"].startswith("Question: What is")
+        True
+    """
+    from datasets import Dataset
+
+    if prompt_kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt_kind must be one of {', '.join(PROMPT_KINDS)}, got {prompt_kind!r}")
+    examples = task.examples(split)
+    return Dataset.from_dict(
+        {
+            "prompt": [_prompt(task, e.question, prompt_kind) for e in examples],
+            "answer": [e.answer for e in examples],
+            "index": list(range(len(examples))),
+        }
+    )
+
+
+def _completion_text(completion: Any) -> str:
+    """Plain text of a completion; a conversational one (a list of messages) gives the
+    content of its last message."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], dict):
+        content = completion[-1].get("content", "")
+        if isinstance(content, list):  # multimodal content blocks
+            return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return str(content)
+    return str(completion)
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+def task_reward(task: Task, prompt_kind: str = "cot") -> Callable[..., list[float]]:
+    """A TRL reward function: correctness of each completion's answer under ``task``.
+
+    The returned callable has the signature GRPOTrainer uses for custom reward functions,
+    ``reward(prompts, completions, answer, **kwargs) -> list[float]`` (``answer`` is the
+    dataset column of :func:`task_dataset`, repeated per generation; ``completion_ids``,
+    ``trainer_state`` and any other keyword are ignored).  Each completion is cut before
+    the first of ``task.stop_strings`` and scored with ``task.score``; with
+    ``prompt_kind="direct"`` it is read as the continuation of "The answer is ".  The
+    function's ``__name__`` (``"<task name>_correct"``) names the reward in TRL's logs.
+
+    Example::
+
+        >>> from envs.arithmetic import ArithmeticTask
+        >>> reward = task_reward(ArithmeticTask())
+        >>> reward(prompts=["", ""], completions=["1 + 2 = 3. So the answer is 3.", "So the answer is 4."],
+        ...        answer=["3", "3"])
+        [1.0, 0.0]
+    """
+    if prompt_kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt_kind must be one of {', '.join(PROMPT_KINDS)}, got {prompt_kind!r}")
+    stop = tuple(task.stop_strings)
+
+    def reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str], **kwargs: Any) -> list[float]:
+        if len(completions) != len(answer):
+            raise ValueError(f"{reward.__name__}: {len(completions)} completions but {len(answer)} answers")
+        texts = [_cut_at_stop(_completion_text(c), stop) for c in completions]
+        if prompt_kind == "direct":
+            texts = [_DIRECT_PREFIX + text for text in texts]
+        return [float(x) for x in task.score(texts, [str(a) for a in answer])]
+
+    name = "".join(ch if ch.isalnum() else "_" for ch in getattr(task, "name", "task"))
+    reward.__name__ = reward.__qualname__ = f"{name}_correct"
+    reward.__doc__ = f"1.0 if a completion states the target answer of task {getattr(task, 'name', 'task')!r}, else 0.0."
+    return reward
