@@ -398,6 +398,24 @@ def finish(rows: list[dict], peak: float) -> list[dict]:
     return rows
 
 
+def _human(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+def verdict(rows: list[dict]) -> str:
+    """The issue's targets: our sampler at least as fast as generate, our GRPO step no
+    slower than TRL's."""
+    by = {r["implementation"]: r for r in rows}
+    parts = []
+    if "policy.sample" in by:
+        ratio = by["policy.sample"]["ratio"]
+        parts.append(f"sampler {ratio:.2f}x generate's tokens/s ({'OK' if ratio >= 1 else 'SLOWER'})")
+    if "ours:grpo" in by:
+        ratio = by["ours:grpo"]["ratio"]
+        parts.append(f"grpo step {ratio:.2f}x TRL's time ({'OK' if ratio <= 1 else 'SLOWER'})")
+    return "targets: " + "; ".join(parts)
+
+
 def print_profile(title: str, fn, lines: int = 25) -> None:
     profiler = cProfile.Profile()
     profiler.enable()
@@ -451,6 +469,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     machine = machine_info(args.threads)
     load_start = load_average()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch threads {args.threads}, torch {machine['torch']}, load1 {load_start:.2f}")
+    if load_start > 0.5 * (machine["cores"] or 1):
+        print(f"WARNING: load average {load_start:.2f} on {machine['cores']} cores: other processes compete for the CPU, so "
+              "timings are unreliable (with several torch threads each parallel op waits for descheduled peers)")
     peak = matmul_flops(1024 if args.quick else 2048, 5)
     print(f"float32 matmul ({1024 if args.quick else 2048}^2, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s")
     print("model FLOPs = 2*N per token without grad + 6*N per token with grad (forward+backward); "
@@ -477,13 +498,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         else:
             raise SystemExit(f"unknown model {which!r}; valid: builtin, random")
         n_params = non_embedding_parameters(model)
-        label = f"{label} ({n_params / 1e6:.1f}M)"
+        label = f"{label} ({_human(n_params)})"
         print(f"\n== {label}: {n_params:,} non-embedding parameters", flush=True)
         model_rows = bench_sampling(model, tokenizer, sizes, n_params, peak, args.profile)
         model_rows += bench_steps(model, tokenizer, sizes, n_params, peak, args.profile)
         for row in model_rows:
             row.update(model=label, non_embedding_params=n_params)
         print_table(model_rows)
+        print(verdict(model_rows))
         print(f"({time.perf_counter() - started:.0f} s)", flush=True)
         rows += model_rows
 

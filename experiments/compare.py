@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import gymnasium as gym  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
 
 import envs  # noqa: E402,F401  (registers the environments)
 from algorithms import ALGORITHM_NAMES, get_algorithm  # noqa: E402
@@ -44,7 +45,7 @@ PRESETS = {
         "majority_k": 8,
         "max_new_tokens": 96,
         "batch_size": 32,
-        "lr": 1e-3,
+        "lr": {"full": 1e-3, "lora": 3e-3, "prompt": 0.1},
     },
     "smoke": {
         "model": "builtin:arithmetic:tiny",
@@ -56,7 +57,7 @@ PRESETS = {
         "majority_k": 2,
         "max_new_tokens": 48,
         "batch_size": 8,
-        "lr": 1e-3,
+        "lr": {"full": 1e-3, "lora": 3e-3, "prompt": 0.1},
     },
 }
 
@@ -108,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.budget = Budget(**limits)
     if args.eval_every <= 0:
         parser.error("--eval-every must be positive")
-    args.overrides = {"max_new_tokens": preset["max_new_tokens"], "batch_size": preset["batch_size"], "lr": preset["lr"]}
+    args.overrides = {"max_new_tokens": preset["max_new_tokens"], "batch_size": preset["batch_size"]}
     for item in args.set:
         field, sep, value = item.partition("=")
         if not sep:
@@ -131,17 +132,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def algorithm_configs(algos: list[str], overrides: dict) -> dict:
-    """Each algorithm's default config with every override whose field it has."""
+def tune_mode(name: str, requested: str) -> str:
+    """The tunable parameters of an algorithm's run: its own requirement, else ``--tune``."""
+    return get_algorithm(name).default_tune or requested
+
+
+def algorithm_configs(algos: list[str], overrides: dict, preset_lr: dict, tune: str) -> dict:
+    """Each algorithm's default config with every override whose field it has; the learning
+    rate, unless set, is the preset's for the algorithm's tune mode (a soft prompt needs a
+    far larger one than the weights)."""
     fields = {name: {f.name for f in dataclasses.fields(get_algorithm(name).Config)} for name in algos}
     unknown = [key for key in overrides if not any(key in names for names in fields.values())]
     if unknown:
         raise SystemExit(f"compare.py: error: no selected algorithm has config field(s) {', '.join(unknown)}")
-    return {name: get_algorithm(name).Config(**{k: v for k, v in overrides.items() if k in fields[name]}) for name in algos}
+    configs = {}
+    for name in algos:
+        values = {"lr": preset_lr[tune_mode(name, tune)]} | {k: v for k, v in overrides.items() if k in fields[name]}
+        configs[name] = get_algorithm(name).Config(**values)
+    return configs
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    transformers_logging.disable_progress_bar()  # one "Loading weights" bar per run is noise
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     task = make_task(args.env, **args.env_kwargs)
@@ -151,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval=EvalConfig(split="test", max_examples=args.eval_examples, majority_k=args.majority_k, max_new_tokens=args.overrides["max_new_tokens"]),
         variance_every=args.variance_every,
     )
-    configs = algorithm_configs(args.algos, args.overrides)
+    configs = algorithm_configs(args.algos, args.overrides, PRESETS[args.preset]["lr"], args.tune)
     (out / "config.json").write_text(
         json.dumps(
             {
@@ -174,8 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.algos:
         cls = get_algorithm(name)
         for seed in args.seeds:
-            tune = getattr(cls, "default_tune", None) or args.tune
-            policy = Policy.from_pretrained(args.model, tune=tune, seed=seed, meter=BudgetMeter(), device=args.device)
+            policy = Policy.from_pretrained(args.model, tune=tune_mode(name, args.tune), seed=seed, meter=BudgetMeter(), device=args.device)
             algorithm = cls(policy, task, configs[name], seed=seed)
             results.append(Runner(algorithm, run_config, out, progress=not args.no_progress).run(resume=args.resume))
     from trice_rl.plotting import load_runs

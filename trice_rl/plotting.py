@@ -28,7 +28,7 @@ def load_runs(folders: Iterable[str | Path]) -> pd.DataFrame:
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Final greedy / majority-of-k accuracy per algorithm: mean and std over seeds."""
-    finals = runs.sort_values("step").groupby(["algo", "seed"]).tail(1)
+    finals = runs.groupby(["algo", "seed"]).tail(1)  # file order: the final evaluation row
     metrics = [c for c in ("eval_acc_greedy", "eval_acc_majority", "samples_drawn", "wall_seconds") if c in finals]
     table = finals.groupby("algo")[metrics].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
