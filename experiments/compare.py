@@ -43,6 +43,7 @@ PRESETS = {
         "eval_every": 400,
         "eval_examples": 200,
         "majority_k": 8,
+        "variance_every": 10,
         "max_new_tokens": 96,
         "batch_size": 32,
         "lr": {"full": 1e-3, "lora": 3e-3, "prompt": 0.1},
@@ -55,6 +56,7 @@ PRESETS = {
         "eval_every": 48,
         "eval_examples": 16,
         "majority_k": 2,
+        "variance_every": 0,
         "max_new_tokens": 48,
         "batch_size": 8,
         "lr": {"full": 1e-3, "lora": 3e-3, "prompt": 0.1},
@@ -78,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-examples", type=int, help="held-out examples per evaluation (default: the preset's)")
     parser.add_argument("--majority-k", type=int, help="samples per question for the final majority-of-k accuracy")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override an algorithm config field for every algorithm that has it (repeatable), e.g. --set lr=3e-4")
-    parser.add_argument("--variance-every", type=int, default=0, help="steps between gradient-variance probes (0: off)")
+    parser.add_argument("--variance-every", type=int, help="steps between gradient-variance probes of the stochastic-gradient methods (0: off; default: the preset's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="output folder (default: runs/compare-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the runs in --out from their checkpoints")
@@ -86,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
-    for key in ("model", "env", "env_kwargs", "eval_every", "eval_examples", "majority_k"):
+    for key in ("model", "env", "env_kwargs", "eval_every", "eval_examples", "majority_k", "variance_every"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
     args.algos = [a.strip() for a in args.algos.split(",") if a.strip()]
@@ -163,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
         eval_every=args.eval_every,
         eval=EvalConfig(split="test", max_examples=args.eval_examples, majority_k=args.majority_k, max_new_tokens=args.overrides["max_new_tokens"]),
         variance_every=args.variance_every,
+        variance_draws=4,
+        variance_batch=8,
     )
     configs = algorithm_configs(args.algos, args.overrides, PRESETS[args.preset]["lr"], args.tune)
     (out / "config.json").write_text(

@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline data folder and a tiny character-level tokenizer."""
+"""Shared fixtures: the offline data folder, a character-level tokenizer, tiny policies."""
 
 import os
 from pathlib import Path
@@ -21,17 +21,10 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def char_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The built-in model's character-level tokenizer (built in-process, no download)."""
+    from trice_rl.builtin_model import build_tokenizer
 
-    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;?!'+-*=()\n"
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for c in chars:
-        vocab[c] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return build_tokenizer()
 
 
 @pytest.fixture(scope="session")

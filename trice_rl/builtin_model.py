@@ -61,7 +61,6 @@ SIZES = ("default", "tiny")
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 # Every printable ASCII character except the rare vertical whitespace: covers all tasks.
 CHARACTERS = "".join(c for c in string.printable if c not in "\x0b\x0c\r")
-BUILD_THREADS = 2
 CONFIG_FILE = "builtin_config.json"
 # The arithmetic corpus spans a little more than the task's default 2..7 steps, so that
 # shorter and longer chains (difficulty overrides) are not out of distribution.
@@ -87,6 +86,8 @@ class BuiltinConfig:
     learning_rate: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
+    # torch threads: more than the free cores makes CPU training many times slower
+    threads: int = 2
     # corpus
     cot_mistake_rate: float = 0.6
     hinted_mistake_rate: float = 0.2
@@ -115,7 +116,7 @@ class BuiltinConfig:
 
 _FAMILY_PRESETS: dict[str, dict] = {}
 # Seconds to build, accuracy irrelevant: for tests.
-_TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, train_steps=8, batch_size=8, warmup_steps=2)
+_TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, train_steps=8, batch_size=8, warmup_steps=2, threads=1)
 
 
 # ----------------------------------------------------------------------- the cache
@@ -313,7 +314,7 @@ def build(config: BuiltinConfig, folder: Path) -> None:
     started = time.perf_counter()
     tokenizer = build_tokenizer()
     vocab = tokenizer.get_vocab()
-    with _torch_threads(BUILD_THREADS):
+    with _torch_threads(config.threads):
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(
             LlamaConfig(
@@ -343,7 +344,8 @@ def build(config: BuiltinConfig, folder: Path) -> None:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            final_loss = loss.item()
+            progress.set_postfix(loss=f"{final_loss:.3f}", refresh=False)
         model.eval()
     model.generation_config = GenerationConfig(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[PAD])
     model.save_pretrained(folder)
@@ -352,7 +354,7 @@ def build(config: BuiltinConfig, folder: Path) -> None:
         "config": asdict(config),
         "parameters": sum(p.numel() for p in model.parameters()),
         "build_seconds": round(time.perf_counter() - started, 1),
-        "final_loss": round(float(loss), 4),
+        "final_loss": round(final_loss, 4),
     }
     (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
 

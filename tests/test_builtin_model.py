@@ -1,0 +1,125 @@
+"""The embedded default model: tiny builds only (seconds), always into a temporary cache."""
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import trice_rl.builtin_model as builtin
+from envs.arithmetic import ArithmeticTask, wraps
+from envs.procedural_bbh import generate_boolean_expressions, generate_multistep_arithmetic_two
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRICE_RL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRICE_RL_CACHE", str(tmp_path_factory.mktemp("shared-cache")))
+        return builtin.builtin_model_path(size="tiny")
+
+
+def weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def test_tiny_build_is_an_ordinary_hf_folder_in_the_cache(cache):
+    folder = builtin.builtin_model_path(size="tiny")
+    assert folder.parent == cache / "builtin" and folder.name.startswith("arithmetic-tiny-")
+    assert {"config.json", "model.safetensors", "tokenizer.json", builtin.CONFIG_FILE} <= {p.name for p in folder.iterdir()}
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert model.config.eos_token_id == tokenizer.eos_token_id != tokenizer.pad_token_id
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temp folder left
+
+
+def test_second_call_hits_the_cache(cache, monkeypatch):
+    folder = builtin.builtin_model_path(size="tiny")
+    monkeypatch.setattr(builtin, "build", lambda *args: pytest.fail("rebuilt a cached model"))
+    assert builtin.builtin_model_path(size="tiny") == folder
+
+
+def test_same_seed_same_weights_other_seed_other_folder(tiny_folder, cache):
+    again = builtin.builtin_model_path(size="tiny")
+    assert again != tiny_folder and again.name == tiny_folder.name
+    first, second = weights(tiny_folder), weights(again)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    other = builtin.builtin_model_path(size="tiny", seed=1)
+    assert other.name != again.name
+    assert not torch.equal(weights(other)["model.embed_tokens.weight"], first["model.embed_tokens.weight"])
+
+
+def test_rebuild_replaces_and_a_failed_build_leaves_nothing(cache, monkeypatch):
+    folder = builtin.builtin_model_path(size="tiny")
+    (folder / "stale").write_text("from the old build")
+    assert builtin.builtin_model_path(size="tiny", rebuild=True) == folder and not (folder / "stale").exists()
+
+    def crash(config, staging):
+        (staging / "config.json").write_text("{half written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builtin, "build", crash)
+    with pytest.raises(KeyboardInterrupt):
+        builtin.builtin_model_path(size="tiny", seed=5)
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+
+
+def test_tokenizer_round_trips_every_task_character(tiny_folder):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_folder)
+    task = ArithmeticTask(num_train=50, num_validation=0, num_test=0)
+    texts = [builtin.CHARACTERS, "( True ) = -36 * -3. ((", task.hinted_prompt("What is 1 - 2 modulo 10?", "9")]
+    texts += [task.cot_prompt(e.question) + e.rationale for e in task.examples("train")]
+    texts += [e.question + e.rationale for i in range(50) for e in (generate_boolean_expressions(i, 0), generate_multistep_arithmetic_two(i, 0))]
+    vocab = tokenizer.get_vocab()
+    for text in texts:
+        ids = tokenizer(text).input_ids
+        assert ids[0] == tokenizer.bos_token_id and len(ids) == len(text) + 1
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+        assert ids + [tokenizer.eos_token_id] == builtin._encode([(text, True)], vocab)[0].tolist()
+
+
+def test_corpus_mistakes_are_systematic_and_rarer_with_a_hint():
+    config = builtin.BuiltinConfig.preset("arithmetic")
+    step = re.compile(r"(\d+) ([-+]) (\d+) = (\d+)\.")
+    wrong = {"cot": [], "hinted": []}
+    kinds = []
+    for segments in builtin.corpus_documents(config, 3000):
+        prompt, rationale = segments[-2][0], segments[-1][0]
+        kind = "direct" if prompt.endswith("The answer is ") else "hinted" if "The answer is" in prompt else "cot"
+        kinds.append(kind)
+        if kind == "direct":
+            assert re.fullmatch(r"\d\.", rationale)
+            continue
+        for left, op, right, result in step.findall(rationale):
+            left, right, result = int(left), int(right), int(result)
+            true = (left + right if op == "+" else left - right) % 10
+            if result != true:  # only wrapping steps go wrong, always off by one
+                assert wraps(left, op, right, 10) and result == (true + (1 if op == "+" else -1)) % 10
+            if wraps(left, op, right, 10):
+                wrong[kind].append(result != true)
+    cot_rate, hinted_rate = (sum(wrong[k]) / len(wrong[k]) for k in ("cot", "hinted"))
+    assert abs(cot_rate - config.cot_mistake_rate) < 0.05 and abs(hinted_rate - config.hinted_mistake_rate) < 0.05
+    assert 0.05 < kinds.count("direct") / len(kinds) < 0.2
+
+
+@pytest.mark.parametrize("family", builtin.FAMILIES)
+def test_every_family_has_a_well_formed_corpus(family):
+    config = builtin.BuiltinConfig.preset(family, "tiny")
+    for segments in builtin.corpus_documents(config, 30):
+        assert segments[0][0].startswith("Question: ") and not segments[0][1]
+        assert segments[-1][1] and segments[-1][0].endswith(".")
+
+
+def test_cli_prints_size_and_accuracies(tiny_folder, monkeypatch, capsys):
+    monkeypatch.setenv("TRICE_RL_CACHE", str(tiny_folder.parent.parent))
+    builtin.main(["--size", "tiny", "--examples", "2", "--samples", "2"])
+    out = capsys.readouterr().out
+    assert "parameters:" in out and re.search(r"train: examples 2  greedy \d\.\d+  sampled", out) and "test:" in out
