@@ -366,6 +366,8 @@ class Policy:
             model_logprobs = torch.log_softmax(logits, dim=-1)
             if greedy:
                 next_tokens = model_logprobs.argmax(dim=-1)
+            elif temperature == 1.0 and top_k is None and top_p is None:  # the model's own softmax
+                next_tokens = torch.multinomial(model_logprobs.exp(), 1, generator=generator).squeeze(-1)
             else:
                 next_tokens = _draw(logits, temperature, top_k, top_p, generator)
             total_logprob[active] += model_logprobs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
