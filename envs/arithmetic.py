@@ -1,10 +1,16 @@
 """``trice_rl/Arithmetic-v0``: procedural chains of modular arithmetic with gold rationales.
 
 A question is a chain of single operations on residues, e.g. "What is 3 + 8 - 5 + 9 modulo
-10?", and its gold rationale does one operation per sentence: "3 + 8 = 1. 1 - 5 = 6. 6 + 9 =
-5. So the answer is 5."  The chain of thought makes every step a table look-up, while
-answering directly means composing all of them at once, so reasoning helps a lot; chain
-length (``min_steps``..``max_steps``) makes examples easy or hard.
+10?", and its gold rationale does one operation per sentence, writing the exact value first
+and then, where it falls outside 0..modulus-1, the value after wrapping around: "3 + 8 = 11
+= 1. 1 - 5 = -4 = 6. 6 + 9 = 15 = 5. So the answer is 5."  The chain of thought makes every
+step a small table look-up, while answering directly means composing all of them at once, so
+reasoning helps a lot; chain length (``min_steps``..``max_steps``) makes examples easy or hard.
+
+Why the exact value is written out: a residue on its own is independent of each operand (the
+XOR-like structure that makes small models learn modular addition very slowly), while the
+exact value and then its last digit (or its distance from the modulus) each follow one input
+closely, so a small model learns the steps quickly.
 
 Draw ``i`` of a split is a pure function of ``(seed, split, i)`` and a split holds the first
 ``num_<split>`` distinct draws, so splits are fixed without being stored.  Each distinct
@@ -64,6 +70,7 @@ class Step:
     left: int
     op: str
     right: int
+    exact: int  # before wrapping around the modulus
     result: int
 
 
@@ -88,7 +95,7 @@ class Chain:
         steps = []
         for op, right in zip(self.operators, self.operands[1:]):
             result = (step_result or true_step_result)(value, op, right, self.modulus)
-            steps.append(Step(value, op, right, result))
+            steps.append(Step(value, op, right, _OPERATIONS[op](value, right), result))
             value = result
         return steps
 
@@ -106,8 +113,12 @@ def wraps(left: int, op: str, right: int, modulus: int) -> bool:
 
 
 def write_rationale(steps: Sequence[Step]) -> str:
-    """One sentence per operation, then the answer sentence (the last running value)."""
-    sentences = [f"{s.left} {s.op} {s.right} = {s.result}." for s in steps]
+    """One sentence per operation ("3 + 8 = 11 = 1." where it wraps, "3 + 4 = 7." where it
+    does not), then the answer sentence (the last running value)."""
+    sentences = [
+        f"{s.left} {s.op} {s.right} = {s.exact} = {s.result}." if s.exact != s.result else f"{s.left} {s.op} {s.right} = {s.result}."
+        for s in steps
+    ]
     return " ".join(sentences + [f"So the answer is {steps[-1].result}."])
 
 

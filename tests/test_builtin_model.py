@@ -88,7 +88,7 @@ def test_tokenizer_round_trips_every_task_character(tiny_folder):
 
 def test_corpus_mistakes_are_systematic_and_rarer_with_a_hint():
     config = builtin.BuiltinConfig.preset("arithmetic")
-    step = re.compile(r"(\d+) ([-+]) (\d+) = (\d+)\.")
+    step = re.compile(r"(\d+) ([-+]) (\d+) = (?:(-?\d+) = )?(\d+)\.")
     wrong = {"cot": [], "hinted": []}
     kinds = []
     for segments in builtin.corpus_documents(config, 3000):
@@ -98,9 +98,10 @@ def test_corpus_mistakes_are_systematic_and_rarer_with_a_hint():
         if kind == "direct":
             assert re.fullmatch(r"\d\.", rationale)
             continue
-        for left, op, right, result in step.findall(rationale):
+        for left, op, right, exact, result in step.findall(rationale):
             left, right, result = int(left), int(right), int(result)
             true = (left + right if op == "+" else left - right) % 10
+            assert (exact != "") == wraps(left, op, right, 10)  # the exact value only where it wraps
             if result != true:  # only wrapping steps go wrong, always off by one
                 assert wraps(left, op, right, 10) and result == (true + (1 if op == "+" else -1)) % 10
             if wraps(left, op, right, 10):
