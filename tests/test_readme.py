@@ -3,6 +3,7 @@
 import re
 
 import gymnasium as gym
+from gymnasium.utils.env_checker import check_env
 
 from tests.conftest import REPO
 
@@ -16,7 +17,7 @@ def test_readme_registers_a_new_task_in_under_30_lines():
     assert len(block.strip().splitlines()) < 30
     exec(compile(block, "README.md", "exec"), {})
     env = gym.make("my_project/Parity-v0")
-    gym.utils.env_checker.check_env(env.unwrapped)
+    check_env(env.unwrapped)
     env.reset(options={"split": "train", "index": 0})  # "1101": three ones
     assert env.step("So the answer is odd.")[1] == 1.0
     assert env.step("So the answer is even.")[1] == 0.0
