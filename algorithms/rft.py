@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import torch
 
 from algorithms.star import Star, StarConfig
@@ -115,6 +116,8 @@ class RejectionFineTuning(Algorithm):
                 seed,
             )
             self.metric_names = Star.metric_names
+        # Whether each example's latest visit drew at least one correct particle.
+        self.solved = np.zeros(len(self.train), dtype=bool)
 
     # ------------------------------------------------------------------ step
     def step(self) -> dict[str, float]:
@@ -124,6 +127,7 @@ class RejectionFineTuning(Algorithm):
         samples, correct = self._draw(indices)
         loss = self._accumulate(indices, samples, correct)
         grad_norm = self.apply_gradient()
+        self.solved[indices] = correct.any(-1).numpy()
         return {
             "train_proposal_acc": float(correct.float().mean()),
             "examples_with_correct": float(correct.any(-1).float().mean()),
@@ -158,11 +162,14 @@ class RejectionFineTuning(Algorithm):
         self._accumulate(indices, samples, correct)
         return self.flat_gradient()
 
+    def solved_examples(self) -> np.ndarray:
+        return self.solved.copy() if self.offline is None else self.offline.solved_examples()
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         if self.offline is not None:
             return {"steps_done": self.steps_done, "offline": self.offline.state_dict()}
-        return super().state_dict()
+        return super().state_dict() | {"solved": self.solved.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.offline is not None:
@@ -174,3 +181,4 @@ class RejectionFineTuning(Algorithm):
         if "offline" in state:
             raise ValueError("this checkpoint is from a rest_em rft run, but mode='online'")
         super().load_state_dict(state)
+        self.solved = np.asarray(state["solved"], dtype=bool).copy()

@@ -131,6 +131,8 @@ class Star(Algorithm):
         self.chunk_size = config.sample_chunk_size or config.batch_size
         self.iteration = 0
         self.phase = "sample"
+        # Whether each example's latest sampling visit kept a rationale (hinted or not).
+        self.solved = np.zeros(len(self.train), dtype=bool)
         self._start_iteration()
 
     def _start_iteration(self) -> None:
@@ -158,6 +160,7 @@ class Star(Algorithm):
         samples = self.sample(self.cot_prompts(indices), n=n)
         correct = self.correct(samples, indices).reshape(len(indices), n)
         kept = self._keep(indices, samples.token_ids, correct, rationalized=False)
+        self.solved[indices] = [count > 0 for count in kept]
 
         metrics: dict[str, float] = {"train_proposal_acc": float(correct.mean())}
         self.examples_kept += sum(count > 0 for count in kept)
@@ -167,7 +170,9 @@ class Star(Algorithm):
             # training rebuilds the un-hinted CoT prompt from it.
             hinted = self.sample(self.hinted_prompts(failed), n=n)
             hinted_correct = self.correct(hinted, failed).reshape(len(failed), n)
-            rescued = sum(count > 0 for count in self._keep(failed, hinted.token_ids, hinted_correct, rationalized=True))
+            rescued_counts = self._keep(failed, hinted.token_ids, hinted_correct, rationalized=True)
+            self.solved[failed] = [count > 0 for count in rescued_counts]
+            rescued = sum(count > 0 for count in rescued_counts)
             self.examples_rationalized += rescued
             self.examples_kept += rescued
             metrics["rationalization_acc"] = float(hinted_correct.mean())
@@ -238,6 +243,9 @@ class Star(Algorithm):
         an earlier model, not a stochastic gradient estimate at the current parameters."""
         return None
 
+    def solved_examples(self) -> np.ndarray:
+        return self.solved.copy()
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {
@@ -252,6 +260,7 @@ class Star(Algorithm):
             "kept_rationalized": list(self.kept_rationalized),
             "kept_stream": None if self.kept_stream is None else self.kept_stream.state_dict(),
             "base_state": self.base_state,
+            "solved": self.solved.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -267,6 +276,7 @@ class Star(Algorithm):
         self.kept_index = [int(i) for i in state["kept_index"]]
         self.kept_tokens = [list(ids) for ids in state["kept_tokens"]]
         self.kept_rationalized = [bool(r) for r in state["kept_rationalized"]]
+        self.solved = np.asarray(state["solved"], dtype=bool).copy()
         self.kept_stream = None
         if state["kept_stream"] is not None:
             self.kept_stream = MinibatchStream(len(self.kept_index), self._kept_seed())

@@ -38,6 +38,7 @@ import operator
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from trice_rl.algorithm import Algorithm, AlgorithmConfig
@@ -440,6 +441,9 @@ class Trice(Algorithm):
         generator = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=self.policy.generator)))
         self._accumulate(prompts, proposals, memory_correct, proposal_correct, updated, generator)
         return self.flat_gradient()
+
+    def solved_examples(self) -> np.ndarray:
+        return self.memory_correct.numpy().copy()
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

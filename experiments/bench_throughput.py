@@ -41,8 +41,6 @@ import copy
 import cProfile
 import csv
 import io
-import os
-import platform
 import pstats
 import statistics
 import sys
@@ -58,6 +56,7 @@ import torch  # noqa: E402
 import envs  # noqa: E402,F401  (registers the environments)
 from algorithms import get_algorithm  # noqa: E402
 from envs.arithmetic import ArithmeticTask  # noqa: E402
+from trice_rl.machine import load_average, machine_info  # noqa: E402
 from trice_rl.policy import Policy  # noqa: E402
 
 
@@ -79,25 +78,6 @@ QUICK = Sizes(4, 2, 16, 2, 2, 16, 2, dict(hidden_size=384, num_hidden_layers=6, 
 
 
 # ------------------------------------------------------------------ machine
-def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__}
-
-
-def load_average() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
 def matmul_flops(size: int, repeats: int) -> float:
     """float32 FLOP/s of a square ``size`` x ``size`` torch.matmul (2·size³ FLOPs), median."""
     a, b = torch.randn(size, size), torch.randn(size, size)

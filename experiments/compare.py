@@ -46,7 +46,7 @@ PRESETS = {
         "variance_every": 10,
         "max_new_tokens": 96,
         "batch_size": 32,
-        "lr": {"full": 1e-3, "lora": 3e-3, "prompt": 0.1},
+        "lr": {"full": 1e-4, "lora": 1e-3, "prompt": 0.3},
     },
     "smoke": {
         "model": "builtin:arithmetic:tiny",
@@ -59,7 +59,7 @@ PRESETS = {
         "variance_every": 0,
         "max_new_tokens": 48,
         "batch_size": 8,
-        "lr": {"full": 1e-3, "lora": 3e-3, "prompt": 0.1},
+        "lr": {"full": 1e-4, "lora": 1e-3, "prompt": 0.3},
     },
 }
 

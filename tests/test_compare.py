@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -11,8 +12,11 @@ from trice_rl import runner as runner_module
 
 
 def load_script(name):
+    """An experiments/ script as module ``name``, registered so that dataclasses and
+    worker processes (which import it by name) find it."""
     spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -33,7 +37,7 @@ SMOKE = ["--preset", "smoke", "--no-progress", "--set", "max_new_tokens=24"]
 def test_smoke_preset_writes_every_output(builtin_cache, tmp_path):
     compare = load_script("compare")
     out = tmp_path / "run"
-    result = compare.main([*SMOKE, "--algos", "trice,cot-sft", "--out", str(out)])
+    compare.main([*SMOKE, "--algos", "trice,cot-sft", "--out", str(out)])
     for name in ("summary.csv", "curves.png", "config.json", "trice-seed0.csv", "cot-sft-seed0.csv"):
         assert (out / name).exists(), name
     summary = pd.read_csv(out / "summary.csv")

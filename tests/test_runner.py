@@ -148,3 +148,59 @@ def test_gradient_variance_probe_does_not_change_the_training_trajectory(make_ti
     pd.testing.assert_frame_equal(plain[columns], probed[columns])
     assert probed["grad_variance"].notna().sum() >= 2
     assert np.all(probed["grad_variance"].dropna() >= 0)
+
+
+def test_solved_examples_follow_each_methods_own_rationales(make_tiny_policy):
+    task = CoinTask()
+    # TRICE: exactly the memory entries that state the answer.
+    trice = get_algorithm("trice")(make_tiny_policy(), task, small_config("trice"), seed=0)
+    trice.setup()
+    trice.step()
+    texts = [make_tiny_policy().tokenizer.decode(trice._read_memory(i), skip_special_tokens=True) for i in range(len(trice.train))]
+    np.testing.assert_array_equal(trice.solved_examples(), task.score(texts, ["even"] * len(texts)) == 1.0)
+
+    # rft: the examples of the latest visit with at least one correct particle; unvisited: False.
+    rft = get_algorithm("rft")(make_tiny_policy(), task, small_config("rft"), seed=0)
+    drawn = {}
+    original_draw = rft._draw
+
+    def spy(indices):
+        drawn["indices"], (samples, correct) = list(indices), original_draw(indices)
+        drawn["any"] = correct.any(-1).numpy()
+        return samples, correct
+
+    rft._draw = spy
+    rft.step()
+    expected = np.zeros(len(rft.train), dtype=bool)
+    expected[drawn["indices"]] = drawn["any"]
+    np.testing.assert_array_equal(rft.solved_examples(), expected)
+
+    # STaR: after its first sampling pass, exactly the examples with a kept rationale.
+    star = get_algorithm("star")(make_tiny_policy(), task, small_config("star"), seed=0)
+    while star.phase == "sample" and star.iteration == 0:
+        star.step()
+    assert set(np.flatnonzero(star.solved_examples())) == set(star.kept_index)
+
+
+def test_the_runner_logs_the_tracked_share_holding_a_correct_rationale(make_tiny_policy, tmp_path):
+    tracked = (0, 3, 5, 7)
+    algorithm = get_algorithm("trice")(make_tiny_policy(), CoinTask(), small_config("trice"), seed=0)
+    Runner(algorithm, run_config(48, tracked_examples=tracked), tmp_path, progress=False).run()
+    rows = read_rows(tmp_path / "trice-seed0.csv")
+    assert all(r["tracked_solved"] != "" for r in rows)
+    assert float(rows[-1]["tracked_solved"]) == pytest.approx(algorithm.memory_correct[list(tracked)].float().mean().item())
+    # Methods that keep no rationales leave the column empty.
+    grpo = get_algorithm("grpo")(make_tiny_policy(), CoinTask(), small_config("grpo"), seed=0)
+    Runner(grpo, run_config(48, tracked_examples=tracked), tmp_path, progress=False).run()
+    assert all(r["tracked_solved"] == "" for r in read_rows(tmp_path / "grpo-seed0.csv"))
+
+
+def test_a_final_validation_evaluation_is_logged_next_to_the_test_one(make_tiny_policy, tmp_path):
+    # Validating on the test split itself must reproduce the final greedy test accuracy.
+    config = run_config(24, final_validation=EvalConfig(split="test", max_examples=6, majority_k=0, max_new_tokens=8))
+    algorithm = get_algorithm("rft")(make_tiny_policy(), CoinTask(), small_config("rft"), seed=0)
+    result = Runner(algorithm, config, tmp_path, progress=False).run()
+    rows = read_rows(tmp_path / "rft-seed0.csv")
+    assert rows[-1]["val_acc_greedy"] == rows[-1]["eval_acc_greedy"] != ""
+    assert result["val_acc_greedy"] == result["eval_acc_greedy"]
+    assert all(r["val_acc_greedy"] == "" for r in rows[:-1])

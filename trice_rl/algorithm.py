@@ -106,6 +106,12 @@ class Algorithm:
         not stochastic.  The runner uses it to measure estimator variance."""
         return None
 
+    def solved_examples(self) -> np.ndarray | None:
+        """Per training example, whether the method currently holds a correct rationale for
+        it (its training signal for that example); ``None`` where the method keeps none.
+        The runner logs this over a tracked subset, e.g. the hardest examples."""
+        return None
+
     # ---------------------------------------------------------- shared helpers
     def cot_prompts(self, indices: Sequence[int]) -> list[str]:
         return [self.task.cot_prompt(self.train[i].question) for i in indices]

@@ -36,7 +36,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def plot_curves(runs: pd.DataFrame, path: str | Path, x: str = "samples_drawn", y: str = "eval_acc_greedy", title: str | None = None) -> Path:
+def plot_curves(
+    runs: pd.DataFrame, path: str | Path, x: str = "samples_drawn", y: str = "eval_acc_greedy", title: str | None = None, log_y: bool = False
+) -> Path:
     """One line per algorithm (mean over seeds on a common grid) with a min–max band."""
     import matplotlib
 
@@ -59,6 +61,8 @@ def plot_curves(runs: pd.DataFrame, path: str | Path, x: str = "samples_drawn", 
             ax.fill_between(grid, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(y.replace("_", " "))
+    if log_y and (points[y] > 0).all():
+        ax.set_yscale("log")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)

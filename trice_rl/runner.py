@@ -32,6 +32,7 @@ BASE_COLUMNS = (
     "eval_acc_sampled",
     "grad_variance",
     "grad_mean_norm",
+    "tracked_solved",
 )
 
 
@@ -44,6 +45,12 @@ class RunConfig:
     variance_every: int = 0  # steps between gradient-variance probes (0: never)
     variance_draws: int = 8  # independent estimator draws per probe
     variance_batch: int = 16  # size of the fixed probe batch
+    # training-example indices (e.g. the hardest quartile) whose share holding a correct
+    # rationale is logged as ``tracked_solved``, for methods that keep rationales
+    tracked_examples: tuple[int, ...] = ()
+    # an extra evaluation at the end (e.g. greedy on a validation split, for model
+    # selection), logged as ``val_acc_greedy`` / ``val_acc_majority``
+    final_validation: EvalConfig | None = None
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -64,7 +71,8 @@ class Runner:
         run_name = f"{algorithm.name}-seed{algorithm.seed}"
         self.csv_path = self.out_dir / f"{run_name}.csv"
         self.checkpoint_path = self.out_dir / "checkpoints" / f"{run_name}.pt"
-        self.columns = BASE_COLUMNS + tuple(m for m in algorithm.metric_names if m not in BASE_COLUMNS)
+        extra = ("val_acc_greedy", "val_acc_majority") if config.final_validation else ()
+        self.columns = BASE_COLUMNS + extra + tuple(m for m in algorithm.metric_names if m not in BASE_COLUMNS)
         self.rows_written = 0
         self.next_eval = 0
         self.setup_done = False
@@ -81,7 +89,7 @@ class Runner:
         else:
             self._start_csv()
         if not self.setup_done:
-            self._write_row(algorithm.setup() | self._evaluate(final=False))
+            self._write_row(algorithm.setup() | self._tracked_solved() | self._evaluate(final=False))
             self.setup_done = True
             self._checkpoint()
         bar = tqdm(total=1000, desc=f"{algorithm.name} seed {algorithm.seed}", disable=not self.progress, leave=False)
@@ -90,7 +98,7 @@ class Runner:
         while not meter.exhausted(budget):
             metrics = algorithm.step()
             algorithm.steps_done += 1
-            row = dict(metrics)
+            row = dict(metrics) | self._tracked_solved()
             if self.config.variance_every and algorithm.steps_done % self.config.variance_every == 0:
                 row |= self._variance_probe()
             evaluated = meter.samples >= self.next_eval and not meter.exhausted(budget)
@@ -103,7 +111,10 @@ class Runner:
             bar.set_postfix(acc=last_row.get("eval_acc_greedy") or "", train=f"{metrics.get('train_proposal_acc', float('nan')):.2f}")
             bar.refresh()
         bar.close()
-        final = self._evaluate(final=True)
+        final = self._evaluate(final=True) | self._tracked_solved()
+        if self.config.final_validation:
+            validation = evaluate(self.algorithm.policy, self.algorithm.task, self.config.final_validation, self.algorithm.prompt_kind, self.algorithm.seed)
+            final |= {f"val_{key.removeprefix('eval_')}": value for key, value in validation.items() if key != "eval_acc_sampled"}
         self._write_row(final)
         self._checkpoint()
         return {"algo": algorithm.name, "seed": algorithm.seed, **final, **self._usage()}
@@ -115,6 +126,12 @@ class Runner:
             eval_config = EvalConfig(**{**eval_config.__dict__, "majority_k": 0})
         self.next_eval = (self.algorithm.policy.meter.samples // self.config.eval_every + 1) * self.config.eval_every
         return evaluate(self.algorithm.policy, self.algorithm.task, eval_config, prompt_kind=self.algorithm.prompt_kind, seed=self.algorithm.seed)
+
+    def _tracked_solved(self) -> dict[str, float]:
+        solved = self.algorithm.solved_examples()
+        if not self.config.tracked_examples or solved is None:
+            return {}
+        return {"tracked_solved": float(solved[list(self.config.tracked_examples)].mean())}
 
     def _variance_probe(self) -> dict[str, float]:
         """Trace of the covariance of the gradient estimator on a fixed batch, from several

@@ -1,0 +1,219 @@
+"""Write the README's results section from the benchmark's CSVs (never typed by hand).
+
+    python experiments/report.py runs/benchmark --throughput runs/throughput/throughput.csv
+
+Reads ``results.csv``, ``base.csv``, ``lr_search.csv``, ``trl_grpo.csv`` and ``config.json``
+of a benchmark folder (experiments/benchmark.py) and a throughput CSV
+(experiments/bench_throughput.py); copies the plots to ``docs/benchmark/``; replaces the
+part of ``README.md`` between the ``<!-- results:start -->`` and ``<!-- results:end -->``
+markers.  Each expectation of the paper gets a verdict computed from the seeds: the
+difference of means ± its standard error, "supported" beyond two standard errors,
+"contradicted" below minus two, "not resolved" in between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+COT_METHODS = ("cot-sft", "star", "rft", "trice-nocv", "trice", "grpo")
+
+
+def mean_std(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def difference(results: pd.DataFrame, setting: str, a: str, b: str, metric: str = "eval_acc_greedy") -> tuple[float, float, int]:
+    """mean(a) − mean(b) over seeds, its standard error, and the smaller seed count."""
+    rows = results[results["setting"] == setting]
+    x, y = rows[rows["method"] == a][metric].dropna(), rows[rows["method"] == b][metric].dropna()
+    if x.empty or y.empty:
+        return float("nan"), float("nan"), 0
+    se = np.sqrt((x.var(ddof=1) if len(x) > 1 else 0.0) / len(x) + (y.var(ddof=1) if len(y) > 1 else 0.0) / len(y))
+    return float(x.mean() - y.mean()), float(se), min(len(x), len(y))
+
+
+def verdict(d: float, se: float, at_least: bool = False) -> str:
+    """'≥' claims are contradicted only by a clear deficit, and supported by a clear gain
+    or a tie within noise is reported as such."""
+    if np.isnan(d):
+        return "not measured"
+    if d > 2 * se:
+        return "supported"
+    if d < -2 * se:
+        return "contradicted"
+    return "consistent (within noise)" if at_least else "not resolved (within noise)"
+
+
+def accuracy_table(results: pd.DataFrame, base: pd.DataFrame, trl: pd.DataFrame | None) -> str:
+    lines = [
+        "| setting | method | lr | test greedy | test majority | validation greedy | hardest quartile solved | samples | training s / run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for setting in results["setting"].unique():
+        b = base[base["setting"] == setting].iloc[0]
+        lines.append(
+            f"| {setting} | base model | – | {b['eval_acc_greedy']:.3f} | {b['eval_acc_majority']:.3f} | {b['val_acc_greedy']:.3f} | – | 0 | – |"
+        )
+        rows = results[results["setting"] == setting]
+        for method, group in rows.groupby("method", sort=False):
+            solved = mean_std(group["tracked_solved"]) if group["tracked_solved"].notna().any() else "–"
+            lines.append(
+                f"| {setting} | {method} | {group['lr'].iloc[0]:g} | {mean_std(group['eval_acc_greedy'])} | {mean_std(group['eval_acc_majority'])} "
+                f"| {mean_std(group['val_acc_greedy'])} | {solved} | {int(group['samples_drawn'].mean())} | {group['wall_seconds'].mean():.0f} |"
+            )
+        if trl is not None and (trl["setting"] == setting).any():
+            t = trl[trl["setting"] == setting].iloc[0]
+            lines.append(
+                f"| {setting} | TRL GRPOTrainer (seed {int(t['seed'])}) | {t['lr']:g} | {t['eval_acc_greedy']:.3f} | {t['eval_acc_majority']:.3f} | – | – | {int(t['samples_drawn'])} | {t['wall_seconds']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def trl_table(trl: pd.DataFrame) -> str:
+    lines = ["| setting | TRL s / sample | ours s / sample | ours / TRL | TRL test greedy | ours test greedy (mean over seeds) |", "|---|---|---|---|---|---|"]
+    for t in trl.itertuples():
+        lines.append(
+            f"| {t.setting} | {t.trl_s_per_sample:.4f} | {t.ours_s_per_sample:.4f} | {t.ours_s_per_sample / t.trl_s_per_sample:.2f} | {t.eval_acc_greedy:.3f} | {t.ours_acc_greedy:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def expectations(results: pd.DataFrame, folder: Path) -> str:
+    lines = ["| setting | expectation | difference of test greedy means ± s.e. | verdict |", "|---|---|---|---|"]
+    claims = [("trice", "trice-nocv", "TRICE ≥ TRICE-noCV", True), ("trice-nocv", "rft", "TRICE-noCV ≥ rft", True), ("trice", "star", "TRICE > STaR", False)]
+    for setting in results["setting"].unique():
+        methods = set(results[results["setting"] == setting]["method"])
+        for a, b, label, at_least in claims:
+            if {a, b} <= methods:
+                d, se, _ = difference(results, setting, a, b)
+                lines.append(f"| {setting} | {label} | {d:+.3f} ± {se:.3f} | {verdict(d, se, at_least)} |")
+        if "prompt-tuning" in methods:
+            cot = [m for m in COT_METHODS if m in methods]
+            beats = []
+            for m in cot:
+                d, se, _ = difference(results, setting, m, "prompt-tuning")
+                beats.append(f"{m} {d:+.3f} ± {se:.3f} ({verdict(d, se)})")
+            lines.append(f"| {setting} | chain-of-thought methods > direct prompt tuning | {'; '.join(beats)} | {sum('(supported)' in x for x in beats)} of {len(cot)} supported |")
+        ratio = variance_ratio(folder, setting)
+        if ratio:
+            lines.append(f"| {setting} | the control variate lowers gradient variance as accuracy rises | {ratio} | see the variance plot |")
+    return "\n".join(lines)
+
+
+def variance_ratio(folder: Path, setting: str) -> str:
+    """Mean gradient variance of TRICE over TRICE-noCV (same probe batch, same steps), in the
+    first and the last third of training, with TRICE's proposal accuracy there."""
+    search = pd.read_csv(folder / "lr_search.csv")
+    chosen = search[(search["setting"] == setting) & search["chosen"]].set_index("method")["lr"]
+    if not {"trice", "trice-nocv"} <= set(chosen.index):
+        return ""
+    frames = {}
+    for method in ("trice", "trice-nocv"):
+        paths = sorted((folder / setting / f"lr{chosen[method]:g}").glob(f"{method}-seed*.csv"))
+        frames[method] = pd.concat([pd.read_csv(p) for p in paths]).dropna(subset=["grad_variance"])
+    if any(f.empty for f in frames.values()):
+        return ""
+    parts = []
+    steps = frames["trice"]["step"].max()
+    for name, (low, high) in {"first third": (0, steps / 3), "last third": (2 * steps / 3, steps + 1)}.items():
+        cv, nocv = (f[(f["step"] >= low) & (f["step"] < high)] for f in (frames["trice"], frames["trice-nocv"]))
+        if cv.empty or nocv.empty:
+            continue
+        parts.append(f"{name}: variance ratio {cv['grad_variance'].mean() / nocv['grad_variance'].mean():.2f} at proposal accuracy {cv['train_proposal_acc'].mean():.2f}")
+    return "; ".join(parts)
+
+
+def throughput_table(path: Path) -> str:
+    rows = pd.read_csv(path)
+    lines = ["| model | benchmark | implementation | setting | median s | tokens/s | s / sample | GFLOP/s | % of matmul | ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows.itertuples():
+        ratio = "" if pd.isna(r.ratio) else f"{r.ratio:.2f}"
+        tokens = "" if pd.isna(r.tokens_per_s) else f"{r.tokens_per_s:.0f}"
+        lines.append(
+            f"| {r.model} | {r.benchmark} | {r.implementation} | {r.setting} | {r.seconds:.3f} | {tokens} | {r.s_per_sample:.4f} | {r.flops_per_s / 1e9:.2f} | {100 * r.frac_of_matmul:.1f} | {ratio} |"
+        )
+    first = rows.iloc[0]
+    lines.append(
+        f"\nMachine: {first['cpu']}, {first['cores']} cores, {first['threads']} torch threads, torch {first['torch']}; float32 matmul "
+        f"{first['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; load average {first['load1_start']:.2f} → {first['load1_end']:.2f}. "
+        "Ratio: sampling = our tokens/s ÷ `model.generate`'s (> 1: ours faster); train step = our time ÷ TRL GRPOTrainer's (< 1: ours faster)."
+    )
+    return "\n".join(lines)
+
+
+def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir: Path = ROOT) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    results = pd.read_csv(folder / "results.csv")
+    base = pd.read_csv(folder / "base.csv")
+    trl = pd.read_csv(folder / "trl_grpo.csv") if (folder / "trl_grpo.csv").exists() else None
+    docs.mkdir(parents=True, exist_ok=True)
+    machine = config.get("machine", {})
+    sizes = config["preset"]
+    parts = [
+        START,
+        "## Results",
+        "",
+        "Generated by `experiments/report.py` from the CSVs of one benchmark run; do not edit by hand.",
+        "",
+        f"Command: `{config['command']}` ({config.get('wall_seconds', float('nan')):.0f} s) on {machine.get('cpu', 'unknown CPU')}, "
+        f"{machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}, no GPU. Sizes: {sizes['num_train']} training examples "
+        f"(validation {sizes['num_validation']}), {sizes['budget_samples']} samples per run, seeds {', '.join(map(str, config['seeds']))}, "
+        f"majority of {sizes['majority_k']}. Learning rates searched per method on seed {config['seeds'][0]} "
+        f"({', '.join(f'{k}: {v}' for k, v in config['learning_rates'].items())}), chosen by validation greedy accuracy; "
+        "test items choose nothing. The full-size setting is `--preset full`.",
+        "",
+        "Final held-out accuracy (mean ± std over seeds; the base model is deterministic greedy, one sampled majority run):",
+        "",
+        accuracy_table(results, base, trl),
+        "",
+    ]
+    for setting in results["setting"].unique():
+        images = [f"{kind}_{setting}.png" for kind in ("curves", "variance", "hardest") if (folder / f"{kind}_{setting}.png").exists()]
+        for image in images:
+            shutil.copy(folder / image, docs / image)
+        if images:
+            parts += [f"**{setting}**", "", " ".join(f"![{image}]({os.path.relpath(docs / image, readme_dir)})" for image in images), ""]
+    parts += ["### The paper's expectations", "", expectations(results, folder), ""]
+    if trl is not None:
+        parts += ["### TRL's GRPOTrainer next to our `grpo` (same model, prompts per step, generations, samples, learning rate)", "", trl_table(trl), ""]
+    if throughput is not None:
+        parts += ["### Throughput (`python experiments/bench_throughput.py`)", "", throughput_table(throughput), ""]
+    parts.append(END)
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="a benchmark output folder")
+    parser.add_argument("--throughput", help="a throughput CSV")
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmark"), help="where the plots are copied")
+    args = parser.parse_args(argv)
+    readme = Path(args.readme)
+    section = build_section(Path(args.folder), Path(args.throughput) if args.throughput else None, Path(args.docs), readme.resolve().parent)
+    text = readme.read_text()
+    if START in text and END in text:
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    readme.write_text(text)
+    print(f"wrote the results section of {readme}")
+    return section
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""experiments/benchmark.py and experiments/report.py end to end (smoke preset, tiny models)."""
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+from tests.test_compare import builtin_cache, load_script  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def smoke_benchmark(builtin_cache, data_dir, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("benchmark")
+    patch = pytest.MonkeyPatch()
+    patch.syspath_prepend(str(REPO / "experiments"))  # spawned workers import the script by name
+    benchmark = load_script("benchmark")
+    argv = ["--preset", "smoke", "--methods", "trice,grpo", "--workers", "1", "--no-progress", "--out", str(out)]
+    benchmark.main(argv)
+    yield benchmark, out, argv
+    patch.undo()
+
+
+def test_the_search_picks_the_best_validation_rate_and_every_seed_uses_it(smoke_benchmark):
+    benchmark, out, _ = smoke_benchmark
+    search = pd.read_csv(out / "lr_search.csv")
+    results = pd.read_csv(out / "results.csv")
+    for method, rows in search.groupby("method"):
+        assert sorted(rows["lr"]) == sorted(benchmark.learning_rates(method))
+        best = rows.sort_values(["val_acc_greedy", "lr"], ascending=[False, True]).iloc[0]
+        assert rows[rows["chosen"]]["lr"].tolist() == [best["lr"]]
+        chosen = results[results["method"] == method]
+        assert sorted(chosen["seed"]) == [0, 1] and set(chosen["lr"]) == {best["lr"]}
+        # The search seed's result is the search run itself, not a second run.
+        searched = rows[rows["chosen"]].iloc[0]
+        assert chosen[chosen["seed"] == 0]["eval_acc_greedy"].item() == pytest.approx(searched["test_acc_greedy"])
+    assert (results["samples_drawn"] >= 48).all()
+
+
+def test_outputs_base_model_hardest_quartile_plots_and_trl(smoke_benchmark):
+    _, out, _ = smoke_benchmark
+    base = pd.read_csv(out / "base.csv")
+    assert base["hardest_quartile_size"].tolist() == [4]  # 16 training examples
+    assert base["hardest_quartile_base_acc"].item() <= base["train_acc_sampled"].item()
+    for name in ("curves_arithmetic.png", "variance_arithmetic.png", "hardest_arithmetic.png", "summary.csv", "config.json"):
+        assert (out / name).exists(), name
+    trl = pd.read_csv(out / "trl_grpo.csv")
+    assert trl["samples_drawn"].tolist() == [64]  # 2 steps of 4 prompts x 8 generations cover 48
+    assert 0 <= trl["eval_acc_greedy"].item() <= 1 and trl["trl_s_per_sample"].item() > 0
+
+
+def test_a_rerun_skips_finished_runs(smoke_benchmark):
+    benchmark, out, argv = smoke_benchmark
+    run_csv = next((out / "arithmetic").glob("lr*/trice-seed1.csv"))
+    before = run_csv.stat().st_mtime_ns
+    benchmark.main([*argv, "--no-trl"])
+    assert run_csv.stat().st_mtime_ns == before
+
+
+def test_the_report_replaces_only_its_section(smoke_benchmark, tmp_path):
+    _, out, _ = smoke_benchmark
+    report = load_script("report")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n\n{report.START}\nold\n{report.END}\n\nafter\n")
+    report.main([str(out), "--readme", str(readme), "--docs", str(tmp_path / "docs")])
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old" not in text
+    assert "| arithmetic | trice |" in text and "| arithmetic | base model |" in text
+    assert "TRL GRPOTrainer" in text and (tmp_path / "docs" / "curves_arithmetic.png").exists()
+    assert "](docs/curves_arithmetic.png)" in text
+
+
+def test_verdicts_follow_the_seed_spread():
+    report = load_script("report")
+    results = pd.DataFrame(
+        {
+            "setting": ["s"] * 6,
+            "method": ["a", "a", "a", "b", "b", "b"],
+            "eval_acc_greedy": [0.50, 0.52, 0.54, 0.30, 0.32, 0.34],
+        }
+    )
+    d, se, n = report.difference(results, "s", "a", "b")
+    assert d == pytest.approx(0.20) and se == pytest.approx((2 * 0.02**2 / 3) ** 0.5) and n == 3
+    assert report.verdict(d, se) == "supported"
+    assert report.verdict(-d, se) == "contradicted"
+    assert report.verdict(0.01, se) == "not resolved (within noise)"
+    assert report.verdict(0.01, se, at_least=True) == "consistent (within noise)"
