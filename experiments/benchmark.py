@@ -336,7 +336,7 @@ def run_trl_grpo(setting: str, lr: float, args) -> dict:
     policy = Policy(trainer.model, AutoTokenizer.from_pretrained(path), seed=seed, meter=BudgetMeter())
     accuracy = evaluate(policy, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family]), seed=seed)
     samples = steps * prompts_per_step * group
-    return {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
+    return {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
 
 
 # ---------------------------------------------------------------------- the plots

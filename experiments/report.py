@@ -60,25 +60,25 @@ def verdict(d: float, se: float, at_least: bool = False) -> str:
 
 def accuracy_table(results: pd.DataFrame, base: pd.DataFrame, trl: pd.DataFrame | None) -> str:
     lines = [
-        "| setting | method | lr | test greedy | test majority | validation greedy | hardest quartile solved | samples | training s / run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setting | method | lr | test greedy | test majority | validation greedy | hardest quartile solved | samples | optimizer steps | training s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for setting in results["setting"].unique():
         b = base[base["setting"] == setting].iloc[0]
         lines.append(
-            f"| {setting} | base model | – | {b['eval_acc_greedy']:.3f} | {b['eval_acc_majority']:.3f} | {b['val_acc_greedy']:.3f} | – | 0 | – |"
+            f"| {setting} | base model | – | {b['eval_acc_greedy']:.3f} | {b['eval_acc_majority']:.3f} | {b['val_acc_greedy']:.3f} | – | 0 | 0 | – |"
         )
         rows = results[results["setting"] == setting]
         for method, group in rows.groupby("method", sort=False):
             solved = mean_std(group["tracked_solved"]) if group["tracked_solved"].notna().any() else "–"
             lines.append(
                 f"| {setting} | {method} | {group['lr'].iloc[0]:g} | {mean_std(group['eval_acc_greedy'])} | {mean_std(group['eval_acc_majority'])} "
-                f"| {mean_std(group['val_acc_greedy'])} | {solved} | {int(group['samples_drawn'].mean())} | {group['wall_seconds'].mean():.0f} |"
+                f"| {mean_std(group['val_acc_greedy'])} | {solved} | {int(group['samples_drawn'].mean())} | {int(group['grad_steps'].mean())} | {group['wall_seconds'].mean():.0f} |"
             )
         if trl is not None and (trl["setting"] == setting).any():
             t = trl[trl["setting"] == setting].iloc[0]
             lines.append(
-                f"| {setting} | TRL GRPOTrainer (seed {int(t['seed'])}) | {t['lr']:g} | {t['eval_acc_greedy']:.3f} | {t['eval_acc_majority']:.3f} | – | – | {int(t['samples_drawn'])} | {t['wall_seconds']:.0f} |"
+                f"| {setting} | TRL GRPOTrainer (seed {int(t['seed'])}) | {t['lr']:g} | {t['eval_acc_greedy']:.3f} | {t['eval_acc_majority']:.3f} | – | – | {int(t['samples_drawn'])} | {int(t['grad_steps'])} | {t['wall_seconds']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -160,6 +160,9 @@ def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir:
     results = pd.read_csv(folder / "results.csv")
     base = pd.read_csv(folder / "base.csv")
     trl = pd.read_csv(folder / "trl_grpo.csv") if (folder / "trl_grpo.csv").exists() else None
+    if trl is not None and "grad_steps" not in trl:  # older benchmark runs: derive from the shapes
+        shape = config["method_shapes"]["grpo"]
+        trl["grad_steps"] = trl["samples_drawn"] // (shape["batch_size"] * shape["group_size"])
     docs.mkdir(parents=True, exist_ok=True)
     machine = config.get("machine", {})
     sizes = config["preset"]
