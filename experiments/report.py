@@ -4,7 +4,7 @@
 
 Reads ``results.csv``, ``base.csv``, ``lr_search.csv``, ``trl_grpo.csv`` and ``config.json``
 of a benchmark folder (experiments/benchmark.py) and a throughput CSV
-(experiments/bench_throughput.py); copies the plots to ``docs/benchmark/``; replaces the
+(experiments/bench_throughput.py); copies the plots and those CSVs to ``docs/benchmark/``; replaces the
 part of ``README.md`` between the ``<!-- results:start -->`` and ``<!-- results:end -->``
 markers.  Each expectation of the paper gets a verdict computed from the seeds: the
 difference of means ± its standard error, "supported" beyond two standard errors,
@@ -110,31 +110,27 @@ def expectations(results: pd.DataFrame, folder: Path) -> str:
             lines.append(f"| {setting} | chain-of-thought methods > direct prompt tuning | {'; '.join(beats)} | {sum('(supported)' in x for x in beats)} of {len(cot)} supported |")
         ratio = variance_ratio(folder, setting)
         if ratio:
-            lines.append(f"| {setting} | the control variate lowers gradient variance as accuracy rises | {ratio} | see the variance plot |")
+            lines.append(f"| {setting} | the control variate lowers gradient variance as accuracy rises | TRICE ÷ TRICE-noCV variance, {ratio} | see the variance plot |")
     return "\n".join(lines)
 
 
 def variance_ratio(folder: Path, setting: str) -> str:
-    """Mean gradient variance of TRICE over TRICE-noCV (same probe batch, same steps), in the
-    first and the last third of training, with TRICE's proposal accuracy there."""
+    """Mean (over seeds) gradient variance of TRICE over TRICE-noCV at each probe step, with
+    TRICE's training proposal accuracy there."""
     search = pd.read_csv(folder / "lr_search.csv")
     chosen = search[(search["setting"] == setting) & search["chosen"]].set_index("method")["lr"]
     if not {"trice", "trice-nocv"} <= set(chosen.index):
         return ""
-    frames = {}
+    per_step = {}
     for method in ("trice", "trice-nocv"):
         paths = sorted((folder / setting / f"lr{chosen[method]:g}").glob(f"{method}-seed*.csv"))
-        frames[method] = pd.concat([pd.read_csv(p) for p in paths]).dropna(subset=["grad_variance"])
-    if any(f.empty for f in frames.values()):
-        return ""
-    parts = []
-    steps = frames["trice"]["step"].max()
-    for name, (low, high) in {"first third": (0, steps / 3), "last third": (2 * steps / 3, steps + 1)}.items():
-        cv, nocv = (f[(f["step"] >= low) & (f["step"] < high)] for f in (frames["trice"], frames["trice-nocv"]))
-        if cv.empty or nocv.empty:
-            continue
-        parts.append(f"{name}: variance ratio {cv['grad_variance'].mean() / nocv['grad_variance'].mean():.2f} at proposal accuracy {cv['train_proposal_acc'].mean():.2f}")
-    return "; ".join(parts)
+        rows = pd.concat([pd.read_csv(p) for p in paths]).dropna(subset=["grad_variance"])
+        per_step[method] = rows.groupby("step")[["grad_variance", "train_proposal_acc"]].mean()
+    both = per_step["trice"].merge(per_step["trice-nocv"], left_index=True, right_index=True, suffixes=("", "_nocv"))
+    return "; ".join(
+        f"step {step}: ratio {row.grad_variance / row.grad_variance_nocv:.2g} at proposal accuracy {row.train_proposal_acc:.2f}"
+        for step, row in both.iterrows()
+    )
 
 
 def throughput_table(path: Path) -> str:
@@ -144,7 +140,7 @@ def throughput_table(path: Path) -> str:
         ratio = "" if pd.isna(r.ratio) else f"{r.ratio:.2f}"
         tokens = "" if pd.isna(r.tokens_per_s) else f"{r.tokens_per_s:.0f}"
         lines.append(
-            f"| {r.model} | {r.benchmark} | {r.implementation} | {r.setting} | {r.seconds:.3f} | {tokens} | {r.s_per_sample:.4f} | {r.flops_per_s / 1e9:.2f} | {100 * r.frac_of_matmul:.1f} | {ratio} |"
+            f"| {r.model} | {r.benchmark} | {r.implementation} | {r.setting} | {r.seconds:.3f} | {tokens} | {'' if pd.isna(r.s_per_sample) else f'{r.s_per_sample:.4f}'} | {r.flops_per_s / 1e9:.2f} | {100 * r.frac_of_matmul:.1f} | {ratio} |"
         )
     first = rows.iloc[0]
     lines.append(
@@ -153,6 +149,12 @@ def throughput_table(path: Path) -> str:
         "Ratio: sampling = our tokens/s ÷ `model.generate`'s (> 1: ours faster); train step = our time ÷ TRL GRPOTrainer's (< 1: ours faster)."
     )
     return "\n".join(lines)
+
+
+def copy(source: Path, target: Path) -> None:
+    """Copy unless they are one file (regenerating the section from docs/benchmark itself)."""
+    if not target.exists() or not source.samefile(target):
+        shutil.copy(source, target)
 
 
 def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir: Path = ROOT) -> str:
@@ -164,6 +166,11 @@ def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir:
         shape = config["method_shapes"]["grpo"]
         trl["grad_steps"] = trl["samples_drawn"] // (shape["batch_size"] * shape["group_size"])
     docs.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "results.csv", "base.csv", "lr_search.csv", "trl_grpo.csv", "summary.csv"):
+        if (folder / name).exists():  # the tables behind the section, committed next to the plots
+            copy(folder / name, docs / name)
+    if throughput is not None:
+        copy(throughput, docs / "throughput.csv")
     machine = config.get("machine", {})
     sizes = config["preset"]
     parts = [
@@ -187,7 +194,7 @@ def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir:
     for setting in results["setting"].unique():
         images = [f"{kind}_{setting}.png" for kind in ("curves", "variance", "hardest") if (folder / f"{kind}_{setting}.png").exists()]
         for image in images:
-            shutil.copy(folder / image, docs / image)
+            copy(folder / image, docs / image)
         if images:
             parts += [f"**{setting}**", "", " ".join(f"![{image}]({os.path.relpath(docs / image, readme_dir)})" for image in images), ""]
     parts += ["### The paper's expectations", "", expectations(results, folder), ""]
