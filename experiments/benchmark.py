@@ -1,7 +1,7 @@
 """The learning benchmark: every method from the same built-in model, under one sample
 budget, with its learning rate chosen on a validation split, over several seeds.
 
-    python experiments/benchmark.py                  # the "quick" preset (about an hour, 2 cores)
+    python experiments/benchmark.py                  # the "quick" preset (75 min measured on 2 cores)
     python experiments/benchmark.py --preset full    # the sizes of the paper's BBH runs
     python experiments/benchmark.py --settings arithmetic --methods trice,rft --seeds 0
     python experiments/report.py runs/benchmark      # the README section, from results.csv
@@ -102,7 +102,7 @@ SETTINGS = {
 }
 
 PRESETS = {
-    # About an hour on a 2-core CPU: 150 training examples (the paper's BBH count), each
+    # 75 min measured on a 2-core CPU (two workers): 150 training examples (the paper's BBH count), each
     # visited about 8 times.  multistep_arithmetic_two is left to --settings / "full": its
     # built-in model solves about 2% of the items, too few for any method to learn from.
     "quick": dict(
@@ -375,6 +375,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     transformers_logging.disable_progress_bar()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "config.json").exists():  # finished runs are reused: only with the same sizes
+        previous = json.loads((out / "config.json").read_text()).get("preset")
+        if previous != json.loads(json.dumps(args.sizes)):
+            raise SystemExit(f"benchmark.py: error: {out} holds a benchmark with other sizes ({previous}); choose another --out")
     config = {
         "command": " ".join(["python"] + sys.argv),
         "preset": args.sizes,

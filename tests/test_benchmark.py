@@ -83,3 +83,9 @@ def test_verdicts_follow_the_seed_spread():
     assert report.verdict(-d, se) == "contradicted"
     assert report.verdict(0.01, se) == "not resolved (within noise)"
     assert report.verdict(0.01, se, at_least=True) == "consistent (within noise)"
+
+
+def test_a_folder_with_other_sizes_is_refused(smoke_benchmark):
+    benchmark, out, argv = smoke_benchmark
+    with pytest.raises(SystemExit, match="other sizes"):
+        benchmark.main([*argv, "--no-trl", "--budget-samples", "64"])
