@@ -4,6 +4,7 @@ budget, with its learning rate chosen on a validation split, over several seeds.
     python experiments/benchmark.py                  # the "quick" preset (75 min measured on 2 cores)
     python experiments/benchmark.py --preset full    # the sizes of the paper's BBH runs
     python experiments/benchmark.py --settings arithmetic --methods trice,rft --seeds 0
+    python experiments/benchmark.py --preset smoke   # seconds, tiny models (the tests use it)
     python experiments/report.py runs/benchmark      # the README section, from results.csv
 
 Per setting (a task and the built-in model of its family):
@@ -12,7 +13,7 @@ Per setting (a task and the built-in model of its family):
    per-example sampled accuracy on the training split, whose lowest quartile is tracked as
    "the hardest examples" (the share of them for which a method holds a correct rationale is
    logged as ``tracked_solved``).
-2. The learning-rate search: each method, seed 0, every learning rate of its grid (the
+2. The learning-rate search: each method, the first seed, every learning rate of its grid (the
    grid of its tune mode), the full budget; greedy accuracy on the validation split picks
    the rate (ties: the smaller).  Test items are never used to choose anything.
 3. The remaining seeds at the chosen rate.  Every run evaluates greedy test accuracy every
@@ -30,8 +31,10 @@ Writes into ``--out``: ``results.csv`` (one row per setting, method and seed),
 ``lr_search.csv``, ``base.csv``, ``trl_grpo.csv``, ``<setting>/lr<rate>/<algo>-seed<k>.csv``
 (the runs), and per setting ``curves_<setting>.png`` (test accuracy against samples, band
 over seeds), ``variance_<setting>.png`` (TRICE vs TRICE without control variate) and
-``hardest_<setting>.png``.  Finished runs are skipped, so an interrupted benchmark resumes
-where it stopped.
+``hardest_<setting>.png``, ``summary.csv`` and ``config.json``.  Runs go to ``--workers``
+processes (default one per core, each with its share of the torch threads).  Finished runs
+are skipped and an interrupted run continues from its checkpoint, so a stopped benchmark
+resumes where it stopped.
 """
 
 from __future__ import annotations
