@@ -286,7 +286,7 @@ def run_trl_grpo(setting: str, lr: float, args) -> dict:
     """TRL's GRPOTrainer with our grpo's shape and learning rate, seed of the search; our
     evaluation on the result.  The loss is TRL's ``dr_grpo`` (a constant divisor, which Adam
     ignores), rewards scaled by the group std, constant learning rate, no KL: our ``grpo``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from trice_rl.policy import resolve_model_path
@@ -301,13 +301,7 @@ def run_trl_grpo(setting: str, lr: float, args) -> dict:
     path = resolve_model_path(SETTINGS[setting].model(sizes["model_size"]))
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    marks: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            marks.append(time.perf_counter())
-
+    tokenizer.padding_side = "left"  # for TRL's generate; the Policy pads its own batches
     config = GRPOConfig(
         output_dir=str(out),
         per_device_train_batch_size=prompts_per_step * group,
@@ -331,12 +325,12 @@ def run_trl_grpo(setting: str, lr: float, args) -> dict:
         dataloader_num_workers=0,
         seed=seed,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=task_reward(task), args=config, train_dataset=task_dataset(task), processing_class=tokenizer, callbacks=[Clock()])
+    trainer = GRPOTrainer(model=model, reward_funcs=task_reward(task), args=config, train_dataset=task_dataset(task), processing_class=tokenizer)
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         trainer.train()
     seconds = time.perf_counter() - started
-    policy = Policy(trainer.model, AutoTokenizer.from_pretrained(path), seed=seed, meter=BudgetMeter())
+    policy = Policy(trainer.model, tokenizer, seed=seed, meter=BudgetMeter())
     accuracy = evaluate(policy, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family]), seed=seed)
     samples = steps * prompts_per_step * group
     return {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
