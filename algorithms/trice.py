@@ -438,7 +438,9 @@ class Trice(Algorithm):
     def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor:
         """One draw of the estimator at the current parameters; memory is not written."""
         prompts, proposals, proposal_correct, memory_correct, _, updated = self._propose(indices)
-        generator = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=self.policy.generator)))
+        policy_generator = self.policy.generator
+        seed = int(torch.randint(2**31, (1,), generator=policy_generator, device=policy_generator.device))
+        generator = torch.Generator().manual_seed(seed)
         self._accumulate(prompts, proposals, memory_correct, proposal_correct, updated, generator)
         return self.flat_gradient()
 
