@@ -13,7 +13,8 @@ STaR alternates two phases, one outer *iteration* at a time:
    steps.  As in the original STaR, each iteration restarts from the base parameters (the
    tunable parameters at construction, and a fresh optimizer) and trains for more steps
    than the last: ``initial_inner_steps`` growing by ``inner_steps_growth`` (+20%) per
-   iteration (STaR: "40 training steps, increased by 20% each outer loop").
+   iteration (STaR: "40 training steps, increased by 20% each outer loop"), optionally
+   capped at ``max_inner_steps``.
 
 The runner calls :meth:`Star.step` until the budget is spent, so a step is one unit of work of
 a small state machine: either one sampling pass over a chunk of examples (``phase ==
@@ -79,6 +80,10 @@ class StarConfig(AlgorithmConfig):
     restart_from_base: bool = True  # each iteration fine-tunes from the base parameters
     initial_inner_steps: int = 40  # optimizer steps of iteration 0 (STaR: 40)
     inner_steps_growth: float = 1.2  # inner steps grow by this factor per iteration
+    # Cap on an iteration's inner steps (None: none, as STaR).  Uncapped growth makes a
+    # long run's cost explode: the ~60 iterations of 16,000 samples over 150 examples would
+    # take tens of millions of steps.
+    max_inner_steps: int | None = None
     examples_per_iteration: int | None = None  # None: the whole training split
     sample_chunk_size: int | None = None  # examples per sampling step; None: batch_size
     samples_per_example: int = 1  # un-hinted (and hinted) samples per example
@@ -91,16 +96,17 @@ class StarConfig(AlgorithmConfig):
                 raise ValueError(f"StarConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.inner_steps_growth <= 0:
             raise ValueError(f"StarConfig.inner_steps_growth must be positive, got {self.inner_steps_growth}")
-        for name in ("examples_per_iteration", "sample_chunk_size"):
+        for name in ("examples_per_iteration", "sample_chunk_size", "max_inner_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"StarConfig.{name} must be at least 1 (or None), got {value}")
 
 
-def inner_steps_for(iteration: int, initial: int, growth: float) -> int:
+def inner_steps_for(iteration: int, initial: int, growth: float, cap: int | None = None) -> int:
     """Inner fine-tuning steps of outer iteration ``iteration`` (from 0): initial·growth^t,
-    rounded half up, at least 1.  With STaR's 40 and 1.2: 40, 48, 58, 69, 83, ..."""
-    return max(1, math.floor(initial * growth**iteration + 0.5))
+    rounded half up, at least 1, at most ``cap``.  With STaR's 40 and 1.2: 40, 48, 58, 69, 83, ..."""
+    steps = max(1, math.floor(initial * growth**iteration + 0.5))
+    return steps if cap is None else min(steps, cap)
 
 
 class Star(Algorithm):
@@ -236,7 +242,7 @@ class Star(Algorithm):
     def inner_steps(self, iteration: int | None = None) -> int:
         """Fine-tuning steps of an iteration (the current one by default)."""
         iteration = self.iteration if iteration is None else iteration
-        return inner_steps_for(iteration, self.config.initial_inner_steps, self.config.inner_steps_growth)
+        return inner_steps_for(iteration, self.config.initial_inner_steps, self.config.inner_steps_growth, self.config.max_inner_steps)
 
     def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor | None:
         """``None``: STaR's step is a deterministic supervised step on a kept set drawn from

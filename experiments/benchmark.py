@@ -25,7 +25,7 @@ Per setting (a task and the built-in model of its family):
 Every method draws 32 samples per optimizer step (TRICE: 32 examples × 1 proposal; rft: 8
 × 4 particles; GRPO: 4 prompts × 8; the supervised methods are charged one sample per
 target), so an equal sample budget is also an equal number of optimizer steps, except for
-STaR, whose fine-tuning phases draw no samples.
+STaR, whose fine-tuning phases draw no samples (capped at 200 steps per iteration).
 
 Writes into ``--out``: ``results.csv`` (one row per setting, method and seed),
 ``lr_search.csv``, ``base.csv``, ``trl_grpo.csv``, ``<setting>/lr<rate>/<algo>-seed<k>.csv``
@@ -76,7 +76,9 @@ SAMPLES_PER_STEP = 32
 METHOD_SHAPES = {
     "prompt-tuning": {"batch_size": 32},
     "cot-sft": {"batch_size": 32},
-    "star": {"batch_size": 32},
+    # capped near STaR's 10th iteration (40·1.2^9 ≈ 206 steps): uncapped, the full preset's
+    # ~64 iterations would take millions of steps; the quick preset never reaches the cap
+    "star": {"batch_size": 32, "max_inner_steps": 200},
     "rft": {"batch_size": 8, "particles": 4},
     "trice-nocv": {"batch_size": 32},
     "trice": {"batch_size": 32},

@@ -133,10 +133,15 @@ def test_star_trains_without_the_hint_and_rationalizes_failures(make_tiny_policy
     assert [m.get("loss") is not None for m in metrics] == [False, False, True, True]
 
 
-def test_star_inner_steps_grow_by_20_percent():
+def test_star_inner_steps_grow_by_20_percent(make_tiny_policy):
     assert [inner_steps_for(t, 40, 1.2) for t in range(5)] == [40, 48, 58, 69, 83]
     assert [inner_steps_for(t, 5, 1.2) for t in range(4)] == [5, 6, 7, 9]
     assert inner_steps_for(3, 1, 0.5) == 1  # never fewer than one step
+    assert [inner_steps_for(t, 40, 1.2, cap=60) for t in range(5)] == [40, 48, 58, 60, 60]
+    capped = Star(make_tiny_policy(), make_task(), StarConfig(max_inner_steps=60, **SMALL))
+    assert [capped.inner_steps(t) for t in (0, 3, 30)] == [40, 60, 60]
+    with pytest.raises(ValueError, match="max_inner_steps"):
+        StarConfig(max_inner_steps=0)
 
 
 @pytest.mark.parametrize("restart", [True, False])
