@@ -127,10 +127,14 @@ class BuiltinConfig:
 
 
 # BBH texts are half as long again as arithmetic ones: fewer (quadratic-cost) few-shot rows
-# keep their builds within about ten minutes.
+# keep their builds shorter.  multistep_arithmetic_two needs signed two- and three-digit
+# arithmetic, which the default shape does not learn: depth and steps do.  Greedy accuracy on
+# the 250 real items, trained on a GPU: 3 layers x 1400 steps 0.008, 6 x 1400 0.02, 6 x 2000
+# 0.10-0.12; a narrower MLP (256) keeps 6 layers as cheap per token as 4, at no measured
+# loss (0.104).  This preset, built on a CPU: 0.112 greedy, 0.092 sampled, 0.149 hinted.
 _FAMILY_PRESETS: dict[str, dict] = {
     "boolean_expressions": dict(few_shot_fraction=0.02),
-    "multistep_arithmetic_two": dict(few_shot_fraction=0.02),
+    "multistep_arithmetic_two": dict(few_shot_fraction=0.02, num_layers=6, intermediate_size=256, train_steps=2000),
 }
 # Seconds to build, accuracy irrelevant: for tests.
 _TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, train_steps=8, batch_size=8, warmup_steps=2, threads=1)
