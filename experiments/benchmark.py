@@ -77,7 +77,7 @@ METHOD_SHAPES = {
     "prompt-tuning": {"batch_size": 32},
     "cot-sft": {"batch_size": 32},
     # capped near STaR's 10th iteration (40·1.2^9 ≈ 206 steps): uncapped, the full preset's
-    # ~64 iterations would take millions of steps; the quick preset never reaches the cap
+    # ~60 iterations would take tens of millions of steps; the quick preset never reaches it
     "star": {"batch_size": 32, "max_inner_steps": 200},
     "rft": {"batch_size": 8, "particles": 4},
     "trice-nocv": {"batch_size": 32},
