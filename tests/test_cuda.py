@@ -8,12 +8,9 @@ import csv
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
-
 from algorithms import ALGORITHM_NAMES, get_algorithm
 from trice_rl.budget import Budget
 from trice_rl.evaluation import EvalConfig
-from trice_rl.policy import Policy
 from trice_rl.runner import Runner, RunConfig
 
 from .test_runner import CoinTask
@@ -23,15 +20,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 PROMPTS = ["Question: 1 + 2?\nAnswer:", "Q: 7\nA:", "Question: a longer prompt here\nAnswer:"]
 
 
-def policy_on(tiny_config, char_tokenizer, device, dtype=None, tune="full", seed=0):
-    torch.manual_seed(seed)
-    return Policy(LlamaForCausalLM(tiny_config), char_tokenizer, tune=tune, seed=seed, device=device, dtype=dtype, soft_prompt_text="think first")
-
-
 @pytest.mark.parametrize("tune", ["full", "lora", "prompt"])
-def test_cuda_logprob_equals_the_cpu_one(tiny_config, char_tokenizer, tune):
-    cpu = policy_on(tiny_config, char_tokenizer, "cpu", tune=tune)
-    gpu = policy_on(tiny_config, char_tokenizer, "cuda", tune=tune)
+def test_cuda_logprob_equals_the_cpu_one(make_tiny_policy, tune):
+    cpu = make_tiny_policy(tune=tune, device="cpu")
+    gpu = make_tiny_policy(tune=tune, device="cuda")
     completions = [" 3. So the answer is 3.", " x", ""]
     expected = cpu.logprob(PROMPTS, completions).detach()
     got = gpu.logprob(PROMPTS, completions).detach()
@@ -40,8 +32,8 @@ def test_cuda_logprob_equals_the_cpu_one(tiny_config, char_tokenizer, tune):
 
 
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])
-def test_cuda_samples_rescore_to_their_own_logprobs_and_repeat_for_a_seed(tiny_config, char_tokenizer, dtype):
-    policy = policy_on(tiny_config, char_tokenizer, "cuda", dtype=dtype)
+def test_cuda_samples_rescore_to_their_own_logprobs_and_repeat_for_a_seed(make_tiny_policy, dtype):
+    policy = make_tiny_policy(device="cuda", dtype=dtype)
     first = policy.sample(PROMPTS, n=4, max_new_tokens=12, seed=3)
     again = policy.sample(PROMPTS, n=4, max_new_tokens=12, seed=3)
     assert first.texts == again.texts and len(first.texts) == 12
@@ -56,9 +48,9 @@ def test_cuda_samples_rescore_to_their_own_logprobs_and_repeat_for_a_seed(tiny_c
 
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])
 @pytest.mark.parametrize("name", sorted(ALGORITHM_NAMES))
-def test_every_algorithm_runs_through_the_runner_on_cuda(name, dtype, tiny_config, char_tokenizer, tmp_path):
+def test_every_algorithm_runs_through_the_runner_on_cuda(name, dtype, make_tiny_policy, tmp_path):
     cls = get_algorithm(name)
-    policy = policy_on(tiny_config, char_tokenizer, "cuda", dtype=dtype, tune=getattr(cls, "default_tune", None) or "full")
+    policy = make_tiny_policy(tune=getattr(cls, "default_tune", None) or "full", device="cuda", dtype=dtype)
     algorithm = cls(policy, CoinTask(), cls.Config(batch_size=4, max_new_tokens=8, lr=1e-2), seed=0)
     config = RunConfig(budget=Budget(samples=24), eval_every=12, eval=EvalConfig(max_examples=4, majority_k=2, max_new_tokens=8), variance_every=2, variance_draws=2, variance_batch=2)
     result = Runner(algorithm, config, tmp_path, progress=False).run()
@@ -68,12 +60,12 @@ def test_every_algorithm_runs_through_the_runner_on_cuda(name, dtype, tiny_confi
     assert all(p.device.type == "cuda" for p in policy.trainable_parameters())
 
 
-def test_tunable_state_round_trips_from_cuda_to_cpu(tiny_config, char_tokenizer, tmp_path):
-    gpu = policy_on(tiny_config, char_tokenizer, "cuda", tune="lora")
+def test_tunable_state_round_trips_from_cuda_to_cpu(make_tiny_policy, tmp_path):
+    gpu = make_tiny_policy(tune="lora", device="cuda")
     loss = -gpu.logprob(PROMPTS, [" a", " b", " c"]).sum()
     loss.backward()
     gpu.optimizer_step(gpu.make_optimizer(1e-2))
     gpu.save(tmp_path / "adapter")
-    cpu = policy_on(tiny_config, char_tokenizer, "cpu", tune="lora")
+    cpu = make_tiny_policy(tune="lora", device="cpu")
     cpu.load(tmp_path / "adapter")
     torch.testing.assert_close(cpu.logprob(PROMPTS, [" a", " b", " c"]).detach(), gpu.logprob(PROMPTS, [" a", " b", " c"]).detach().cpu(), rtol=1e-4, atol=1e-3)
