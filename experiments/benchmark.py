@@ -1,7 +1,7 @@
 """The learning benchmark: every method from the same built-in model, under one sample
 budget, with its learning rate chosen on a validation split, over several seeds.
 
-    python experiments/benchmark.py                  # the "quick" preset (75 min measured on 2 cores)
+    python experiments/benchmark.py                  # the "quick" preset: three settings, 640 samples per run
     python experiments/benchmark.py --preset full    # the sizes of the paper's BBH runs
     python experiments/benchmark.py --settings arithmetic --methods trice,rft --seeds 0
     python experiments/benchmark.py --preset smoke   # seconds, tiny models (the tests use it)
@@ -17,7 +17,8 @@ Per setting (a task and the built-in model of its family):
    grid of its tune mode), the full budget; greedy accuracy on the validation split picks
    the rate (ties: the smaller).  Test items are never used to choose anything.
 3. The remaining seeds at the chosen rate.  Every run evaluates greedy test accuracy every
-   ``eval_every`` samples and majority-of-k at the end.
+   ``eval_every`` samples (at step 0, runs that start from the base model log the base
+   model's) and majority-of-k at the end (search runs: only the chosen one, afterwards).
 4. TRL's ``GRPOTrainer`` on the same model, the same prompts per step and generations, the
    same number of samples and our ``grpo``'s chosen learning rate: its test accuracy and
    its wall time per sample next to ours.
@@ -48,7 +49,7 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
@@ -107,17 +109,17 @@ SETTINGS = {
 }
 
 PRESETS = {
-    # 75 min measured on a 2-core CPU (two workers): 150 training examples (the paper's BBH count), each
-    # visited about 8 times.  multistep_arithmetic_two is left to --settings / "full": its
-    # built-in model (0.11 greedy on the real items) has not been benchmarked yet.
+    # The three settings: 150 training examples (the paper's BBH count), each visited about
+    # 4 times, 20 optimizer steps.  multistep_arithmetic_two alone took 3,967 s on a 2-core
+    # CPU (two workers); the three together take longer than the hour this preset aims at.
     "quick": dict(
-        settings=("arithmetic", "boolean_expressions"),
+        settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
         num_train=150,
         num_validation=100,
         num_test=200,  # arithmetic; the BBH settings test on all 250 real items
-        budget_samples=1280,
-        eval_every=640,
-        variance_every=10,
+        budget_samples=640,
+        eval_every=320,
+        variance_every=5,
         majority_k=4,
         base_samples_per_example=4,
         seeds=(0, 1, 2),
@@ -220,10 +222,15 @@ def method_config(method: str, lr: float, max_new_tokens: int):
     return get_algorithm(method).Config(lr=lr, max_new_tokens=max_new_tokens, **METHOD_SHAPES[method])
 
 
-def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: list[int]) -> dict:
-    """One (method, learning rate, seed) run, or its result if it already finished."""
+def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: list[int], base_greedy: float, majority: bool) -> dict:
+    """One (method, learning rate, seed) run, or its result if it already finished.
+
+    CoT methods tuning the whole model start from the base model itself, whose test accuracy
+    the base run measured: step 0 logs that instead of evaluating it again.  ``majority``:
+    end with majority-of-k on the test split (search runs skip it; the chosen one gets it
+    afterwards from ``final_majority``)."""
     sizes, family = args.sizes, SETTINGS[setting].family
-    folder = Path(args.out) / setting / f"lr{lr:g}"
+    folder = run_folder(args, setting, lr)
     csv_path = folder / f"{method}-seed{seed}.csv"
     if csv_path.exists():
         last = pd.read_csv(csv_path).iloc[-1]
@@ -231,19 +238,50 @@ def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: lis
             return last.to_dict()
     max_new_tokens = MAX_NEW_TOKENS[family]
     cls = get_algorithm(method)
-    policy = Policy.from_pretrained(SETTINGS[setting].model(sizes["model_size"]), tune=cls.default_tune or "full", seed=seed, meter=BudgetMeter())
+    policy = method_policy(setting, cls, seed, args)
     algorithm = cls(policy, setting_task(setting, sizes), method_config(method, lr, max_new_tokens), seed=seed)
+    starts_from_base = cls.prompt_kind == "cot" and cls.default_tune in (None, "full")
     run_config = RunConfig(
         budget=Budget(samples=sizes["budget_samples"]),
         eval_every=sizes["eval_every"],
-        eval=EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=max_new_tokens),
+        eval=EvalConfig(split="test", majority_k=sizes["majority_k"] if majority else 0, max_new_tokens=max_new_tokens),
         variance_every=sizes["variance_every"] if method in ("trice", "trice-nocv") else 0,
         variance_draws=4,
         variance_batch=8,
         tracked_examples=tuple(tracked),
         final_validation=EvalConfig(split="validation", majority_k=0, max_new_tokens=max_new_tokens),
+        initial_eval={"eval_acc_greedy": base_greedy} if starts_from_base else None,
     )
-    return Runner(algorithm, run_config, folder, progress=False).run(resume=True)
+    started = time.perf_counter()
+    outcome = Runner(algorithm, run_config, folder, progress=False).run(resume=True)
+    return outcome | {"run_seconds": time.perf_counter() - started}  # training and evaluation
+
+
+def final_majority(setting: str, method: str, lr: float, seed: int, args) -> dict:
+    """Majority-of-k test accuracy of a finished run, from the parameters in its final
+    checkpoint, with the seed the run's own final evaluation would have used (so the same
+    number); cached beside the run."""
+    sizes, family = args.sizes, SETTINGS[setting].family
+    folder = run_folder(args, setting, lr)
+    cached = folder / f"{method}-seed{seed}.majority.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    cls = get_algorithm(method)
+    policy = method_policy(setting, cls, seed, args)
+    policy.load_tunable_state_dict(torch.load(folder / "checkpoints" / f"{method}-seed{seed}.pt", weights_only=False)["policy"])
+    config = EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family], greedy=False)
+    result = evaluate(policy, setting_task(setting, sizes), config, prompt_kind=cls.prompt_kind, seed=seed)
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def method_policy(setting: str, cls, seed: int, args) -> Policy:
+    """The setting's built-in model, tunable as the method needs."""
+    return Policy.from_pretrained(SETTINGS[setting].model(args.sizes["model_size"]), tune=cls.default_tune or "full", seed=seed, meter=BudgetMeter())
+
+
+def run_folder(args, setting: str, lr: float) -> Path:
+    return Path(args.out) / setting / f"lr{lr:g}"
 
 
 def learning_rates(method: str) -> tuple[float, ...]:
@@ -279,7 +317,7 @@ def _init_worker(threads: int) -> None:
 
 
 def _final_columns(outcome: dict) -> dict:
-    keys = ("eval_acc_greedy", "eval_acc_majority", "eval_acc_sampled", "val_acc_greedy", "samples_drawn", "grad_steps", "tokens_generated", "wall_seconds", "tracked_solved")
+    keys = ("eval_acc_greedy", "eval_acc_majority", "eval_acc_sampled", "val_acc_greedy", "samples_drawn", "grad_steps", "tokens_generated", "wall_seconds", "run_seconds", "tracked_solved")
     return {k: outcome.get(k, float("nan")) for k in keys}
 
 
@@ -390,60 +428,28 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
-    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        bar = tqdm(desc="benchmark runs", unit="run", disable=args.no_progress)
-        bases, tracked = {}, {}
-        for setting, future in [(s, pool.submit(run_base, s, args)) for s in args.settings]:
-            bases[setting], tracked[setting] = future.result()
-            b = bases[setting]
-            bar.write(f"[{setting}] base model: test greedy {b['eval_acc_greedy']:.3f}, majority {b['eval_acc_majority']:.3f}, validation {b['val_acc_greedy']:.3f}")
-        pd.DataFrame(bases.values()).to_csv(out / "base.csv", index=False)
-
-        def submit_all(jobs: list[tuple[str, str, float, int]]) -> dict:
-            bar.total = (bar.total or 0) + len(jobs)
-            futures = {pool.submit(run_once, s, m, lr, seed, args, tracked[s]): (s, m, lr, seed) for s, m, lr, seed in jobs}
-            outcomes = {}
-            for future in as_completed(futures):
-                key, outcome = futures[future], future.result()
-                outcomes[key] = outcome
-                bar.update()
-                bar.write(f"  {key[0]} {key[1]} lr {key[2]:g} seed {key[3]}: test greedy {outcome['eval_acc_greedy']:.3f}, validation {outcome['val_acc_greedy']:.3f}")
-            return outcomes
-
-        # 1. the learning-rate search on the first seed
-        search_seed = args.seeds[0]
-        searched = submit_all([(s, m, lr, search_seed) for s in args.settings for m in args.methods for lr in learning_rates(m)])
-        search, chosen = [], {}
-        for s in args.settings:
-            for m in args.methods:
-                rates = learning_rates(m)
-                chosen[s, m] = max(rates, key=lambda lr: (searched[s, m, lr, search_seed]["val_acc_greedy"], -lr))
-                for lr in rates:
-                    outcome = searched[s, m, lr, search_seed]
-                    search.append({"setting": s, "method": m, "lr": lr, "seed": search_seed, "val_acc_greedy": outcome["val_acc_greedy"], "test_acc_greedy": outcome["eval_acc_greedy"], "chosen": lr == chosen[s, m]})
-        pd.DataFrame(search).to_csv(out / "lr_search.csv", index=False)
-        # 2. the other seeds at the chosen rates, and TRL's GRPOTrainer next to our grpo
-        seeded = submit_all([(s, m, chosen[s, m], seed) for s in args.settings for m in args.methods for seed in args.seeds[1:]])
-        trl_futures = [pool.submit(run_trl_grpo, s, chosen[s, "grpo"], args) for s in args.settings] if not args.no_trl and "grpo" in args.methods else []
-        outcomes = {**searched, **seeded}
-        results = [
-            {"setting": s, "method": m, "lr": chosen[s, m], "seed": seed} | _final_columns(outcomes[s, m, chosen[s, m], seed])
-            for s in args.settings
-            for m in args.methods
-            for seed in args.seeds
-        ]
-        pd.DataFrame(results).to_csv(out / "results.csv", index=False)
-        trl_rows = []
-        for future in trl_futures:
-            row = future.result()
-            ours = [r for r in results if r["method"] == "grpo" and r["setting"] == row["setting"]]
-            row["ours_s_per_sample"] = float(np.mean([r["wall_seconds"] / r["samples_drawn"] for r in ours]))
-            row["ours_acc_greedy"] = float(np.mean([r["eval_acc_greedy"] for r in ours]))
-            trl_rows.append(row)
-            bar.write(f"  {row['setting']} TRL GRPOTrainer: test greedy {row['eval_acc_greedy']:.3f}, {row['trl_s_per_sample']:.4f} s/sample (ours {row['ours_s_per_sample']:.4f})")
-        bar.close()
+    outcomes, bases, trl_rows = schedule(args)
+    search_seed = args.seeds[0]
+    search, chosen = [], {}
+    for s in args.settings:
+        for m in args.methods:
+            chosen[s, m] = choose_rate(outcomes, s, m, search_seed)
+            for lr in learning_rates(m):
+                outcome = outcomes[s, m, lr, search_seed]
+                search.append({"setting": s, "method": m, "lr": lr, "seed": search_seed, "val_acc_greedy": outcome["val_acc_greedy"], "test_acc_greedy": outcome["eval_acc_greedy"], "chosen": lr == chosen[s, m]})
+    pd.DataFrame(search).to_csv(out / "lr_search.csv", index=False)
+    pd.DataFrame(bases.values()).to_csv(out / "base.csv", index=False)
+    results = [
+        {"setting": s, "method": m, "lr": chosen[s, m], "seed": seed} | _final_columns(outcomes[s, m, chosen[s, m], seed])
+        for s in args.settings
+        for m in args.methods
+        for seed in args.seeds
+    ]
+    pd.DataFrame(results).to_csv(out / "results.csv", index=False)
+    for row in trl_rows:
+        ours = [r for r in results if r["method"] == "grpo" and r["setting"] == row["setting"]]
+        row["ours_s_per_sample"] = float(np.mean([r["wall_seconds"] / r["samples_drawn"] for r in ours]))
+        row["ours_acc_greedy"] = float(np.mean([r["eval_acc_greedy"] for r in ours]))
     if trl_rows:
         pd.DataFrame(trl_rows).to_csv(out / "trl_grpo.csv", index=False)
     for setting in args.settings:
@@ -458,6 +464,72 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if trl_rows:
         print(pd.DataFrame(trl_rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return table
+
+
+# Relative cost of one run (training seconds in the quick preset): the longest runs start
+# first, so that the last ones to finish are short and no worker idles long at the end.
+METHOD_COST = {"star": 8, "trice": 2, "trice-nocv": 2, "grpo": 2, "rft": 1.5, "cot-sft": 1, "prompt-tuning": 0.5}
+
+
+def choose_rate(outcomes: dict, setting: str, method: str, seed: int) -> float:
+    """The rate of best validation greedy accuracy (ties: the smaller)."""
+    return max(learning_rates(method), key=lambda lr: (outcomes[setting, method, lr, seed]["val_acc_greedy"], -lr))
+
+
+def schedule(args) -> tuple[dict, dict, list[dict]]:
+    """Every run of the benchmark on a pool of workers, each started as soon as what it
+    needs is known: a setting's search once its base model is measured, a method's other
+    seeds (and the majority-of-k of its chosen search run, and TRL's GRPOTrainer for grpo)
+    once its search is done.  Returns the run outcomes by (setting, method, lr, seed), the
+    base rows by setting and TRL's rows."""
+    search_seed = args.seeds[0]
+    outcomes, bases, tracked, majorities, trl_rows = {}, {}, {}, {}, []
+    runs_total = len(args.settings) * sum(len(learning_rates(m)) + len(args.seeds) - 1 for m in args.methods)
+    bar = tqdm(total=runs_total, desc="benchmark runs", unit="run", disable=args.no_progress)
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        pending = {}
+
+        def submit(kind: str, key: tuple, fn, *fn_args) -> None:
+            pending[pool.submit(fn, *fn_args)] = (kind, key)
+
+        def submit_runs(jobs: list[tuple[str, str, float, int]], majority: bool) -> None:
+            for s, m, lr, seed in sorted(jobs, key=lambda job: -METHOD_COST[job[1]] * MAX_NEW_TOKENS[SETTINGS[job[0]].family]):
+                submit("run", (s, m, lr, seed), run_once, s, m, lr, seed, args, tracked[s], bases[s]["eval_acc_greedy"], majority)
+
+        for s in sorted(args.settings, key=lambda s: -MAX_NEW_TOKENS[SETTINGS[s].family]):
+            submit("base", (s,), run_base, s, args)
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, key = pending.pop(future)
+                result = future.result()
+                if kind == "base":
+                    (s,) = key
+                    bases[s], tracked[s] = result
+                    bar.write(f"[{s}] base model: test greedy {bases[s]['eval_acc_greedy']:.3f}, majority {bases[s]['eval_acc_majority']:.3f}, validation {bases[s]['val_acc_greedy']:.3f}")
+                    submit_runs([(s, m, lr, search_seed) for m in args.methods for lr in learning_rates(m)], majority=False)
+                elif kind == "run":
+                    outcomes[key] = result
+                    bar.update()
+                    bar.write(f"  {key[0]} {key[1]} lr {key[2]:g} seed {key[3]}: test greedy {result['eval_acc_greedy']:.3f}, validation {result['val_acc_greedy']:.3f}, {result.get('run_seconds', float('nan')):.0f} s")
+                    s, m, _, seed = key
+                    if seed == search_seed and all((s, m, lr, seed) in outcomes for lr in learning_rates(m)):
+                        lr = choose_rate(outcomes, s, m, seed)
+                        submit("majority", (s, m, lr, seed), final_majority, s, m, lr, seed, args)
+                        submit_runs([(s, m, lr, other) for other in args.seeds[1:]], majority=True)
+                        if m == "grpo" and not args.no_trl:
+                            submit("trl", (s,), run_trl_grpo, s, lr, args)
+                elif kind == "majority":
+                    majorities[key] = result
+                else:
+                    trl_rows.append(result)
+                    bar.write(f"  {result['setting']} TRL GRPOTrainer: test greedy {result['eval_acc_greedy']:.3f}, {result['trl_s_per_sample']:.4f} s/sample")
+        bar.close()
+    for key, result in majorities.items():
+        outcomes[key] = outcomes[key] | result
+    return outcomes, bases, sorted(trl_rows, key=lambda row: args.settings.index(row["setting"]))
 
 
 def summary_table(results: pd.DataFrame, bases: pd.DataFrame) -> pd.DataFrame:

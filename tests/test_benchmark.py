@@ -89,3 +89,19 @@ def test_a_folder_with_other_sizes_is_refused(smoke_benchmark):
     benchmark, out, argv = smoke_benchmark
     with pytest.raises(SystemExit, match="other sizes"):
         benchmark.main([*argv, "--no-trl", "--budget-samples", "64"])
+
+
+def test_search_runs_share_the_base_evaluation_and_get_their_majority_afterwards(smoke_benchmark):
+    benchmark, out, argv = smoke_benchmark
+    base = pd.read_csv(out / "base.csv").iloc[0]
+    results = pd.read_csv(out / "results.csv")
+    for row in results.itertuples():
+        run = pd.read_csv(out / "arithmetic" / f"lr{row.lr:g}" / f"{row.method}-seed{row.seed}.csv")
+        assert run["eval_acc_greedy"].iloc[0] == pytest.approx(base["eval_acc_greedy"])  # step 0: the base model
+        assert pd.notna(row.eval_acc_majority)
+    # The majority-of-k evaluated afterwards from a run's final checkpoint is the number its
+    # own final evaluation gives: recompute it for a seed whose run evaluated it itself.
+    seed1 = results[(results["method"] == "trice") & (results["seed"] == 1)].iloc[0]
+    again = benchmark.final_majority("arithmetic", "trice", seed1["lr"], 1, benchmark.parse_args(argv))
+    assert again["eval_acc_majority"] == pytest.approx(seed1["eval_acc_majority"])
+    assert again["eval_acc_sampled"] == pytest.approx(seed1["eval_acc_sampled"])

@@ -9,7 +9,7 @@ import pytest
 from algorithms import ALGORITHM_NAMES, get_algorithm
 from envs.base import Example, Task
 from trice_rl.budget import Budget
-from trice_rl.evaluation import EvalConfig, majority_vote
+from trice_rl.evaluation import EvalConfig, evaluate, majority_vote
 from trice_rl.runner import BASE_COLUMNS, Runner, RunConfig
 
 
@@ -204,3 +204,36 @@ def test_a_final_validation_evaluation_is_logged_next_to_the_test_one(make_tiny_
     assert rows[-1]["val_acc_greedy"] == rows[-1]["eval_acc_greedy"] != ""
     assert result["val_acc_greedy"] == result["eval_acc_greedy"]
     assert all(r["val_acc_greedy"] == "" for r in rows[:-1])
+
+
+def test_a_known_starting_accuracy_replaces_the_step_0_evaluation_and_nothing_else(make_tiny_policy, tmp_path, monkeypatch):
+    import trice_rl.runner as runner_module
+
+    calls = []
+    real_evaluate = runner_module.evaluate
+    monkeypatch.setattr(runner_module, "evaluate", lambda *a, **k: calls.append(a[0].meter.samples) or real_evaluate(*a, **k))
+    # TRICE charges its memory initialisation (12 samples) before step 0; the next
+    # evaluation is still due at 24 samples.
+    evaluated = Runner(get_algorithm("trice")(make_tiny_policy(), CoinTask(), small_config("trice"), seed=0), run_config(60), tmp_path / "a", progress=False)
+    evaluated.run()
+    known = Runner(
+        get_algorithm("trice")(make_tiny_policy(), CoinTask(), small_config("trice"), seed=0),
+        run_config(60, initial_eval={"eval_acc_greedy": 0.123}),
+        tmp_path / "b",
+        progress=False,
+    )
+    calls.clear()
+    known.run()
+    rows_a, rows_b = read_rows(tmp_path / "a" / "trice-seed0.csv"), read_rows(tmp_path / "b" / "trice-seed0.csv")
+    assert rows_b[0]["eval_acc_greedy"] == "0.123" and rows_a[0]["eval_acc_greedy"] != "0.123"
+    assert [r["eval_acc_greedy"] for r in rows_a[1:]] == [r["eval_acc_greedy"] for r in rows_b[1:]]
+    assert [r for r in rows_b if r["eval_acc_greedy"] != ""][1]["samples_drawn"] == "24"
+    assert calls[0] == 24
+
+
+def test_majority_only_evaluation_matches_the_full_one(make_tiny_policy):
+    policy = make_tiny_policy()
+    both = evaluate(policy, CoinTask(), EvalConfig(max_examples=6, majority_k=3, max_new_tokens=8), seed=4)
+    majority = evaluate(policy, CoinTask(), EvalConfig(max_examples=6, majority_k=3, max_new_tokens=8, greedy=False), seed=4)
+    assert "eval_acc_greedy" not in majority
+    assert majority == {k: v for k, v in both.items() if k != "eval_acc_greedy"}

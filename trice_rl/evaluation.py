@@ -21,6 +21,7 @@ class EvalConfig:
     split: str = "test"
     max_examples: int | None = None  # None: the whole split
     majority_k: int = 8  # samples per question for self-consistency (0: skip)
+    greedy: bool = True  # False: majority-of-k only (greedy accuracy already known)
     max_new_tokens: int = 256
     batch_size: int = 128
 
@@ -59,9 +60,10 @@ def evaluate(policy: Policy, task: Task, config: EvalConfig | None = None, promp
     stop = task.stop_strings
     results: dict[str, float] = {}
     with policy.meter.paused():
-        greedy = policy.greedy(prompts, max_new_tokens=config.max_new_tokens, stop=stop, batch_size=config.batch_size)
-        answers = [task.extract_answer(t) for t in completion_texts(task, greedy.texts, prompt_kind)]
-        results["eval_acc_greedy"] = float(np.mean([a is not None and a == t for a, t in zip(answers, targets)]))
+        if config.greedy:
+            greedy = policy.greedy(prompts, max_new_tokens=config.max_new_tokens, stop=stop, batch_size=config.batch_size)
+            answers = [task.extract_answer(t) for t in completion_texts(task, greedy.texts, prompt_kind)]
+            results["eval_acc_greedy"] = float(np.mean([a is not None and a == t for a, t in zip(answers, targets)]))
         if config.majority_k:
             k = config.majority_k
             samples = policy.sample(prompts, n=k, max_new_tokens=config.max_new_tokens, stop=stop, seed=seed, batch_size=config.batch_size)

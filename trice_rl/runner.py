@@ -51,6 +51,10 @@ class RunConfig:
     # an extra evaluation at the end (e.g. greedy on a validation split, for model
     # selection), logged as ``val_acc_greedy`` / ``val_acc_majority``
     final_validation: EvalConfig | None = None
+    # the starting policy's held-out accuracies where they are already known (the
+    # benchmark's base model, shared by every run of a setting): logged at step 0 instead
+    # of evaluating the same model again
+    initial_eval: dict[str, float] | None = None
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -89,7 +93,9 @@ class Runner:
         else:
             self._start_csv()
         if not self.setup_done:
-            self._write_row(algorithm.setup() | self._tracked_solved() | self._evaluate(final=False))
+            row = algorithm.setup() | self._tracked_solved()
+            known = self.config.initial_eval
+            self._write_row(row | (self._evaluate(final=False) if known is None else self._skip_evaluation(known)))
             self.setup_done = True
             self._checkpoint()
         bar = tqdm(total=1000, desc=f"{algorithm.name} seed {algorithm.seed}", disable=not self.progress, leave=False)
@@ -124,8 +130,15 @@ class Runner:
         eval_config = self.config.eval
         if not final:
             eval_config = EvalConfig(**{**eval_config.__dict__, "majority_k": 0})
-        self.next_eval = (self.algorithm.policy.meter.samples // self.config.eval_every + 1) * self.config.eval_every
+        self._schedule_next_eval()
         return evaluate(self.algorithm.policy, self.algorithm.task, eval_config, prompt_kind=self.algorithm.prompt_kind, seed=self.algorithm.seed)
+
+    def _skip_evaluation(self, known: dict[str, float]) -> dict[str, float]:
+        self._schedule_next_eval()
+        return dict(known)
+
+    def _schedule_next_eval(self) -> None:
+        self.next_eval = (self.algorithm.policy.meter.samples // self.config.eval_every + 1) * self.config.eval_every
 
     def _tracked_solved(self) -> dict[str, float]:
         solved = self.algorithm.solved_examples()
