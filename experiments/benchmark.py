@@ -34,8 +34,8 @@ Writes into ``--out``: ``results.csv`` (one row per setting, method and seed),
 over seeds), ``variance_<setting>.png`` (TRICE vs TRICE without control variate) and
 ``hardest_<setting>.png``, ``summary.csv`` and ``config.json``.  Runs go to ``--workers``
 processes (default one per core, each with its share of the torch threads).  Finished runs
-are skipped and an interrupted run continues from its checkpoint, so a stopped benchmark
-resumes where it stopped.
+and base-model measurements (``<setting>/base.json``) are skipped and an interrupted run
+continues from its checkpoint, so a stopped benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -289,7 +289,12 @@ def learning_rates(method: str) -> tuple[float, ...]:
 
 
 def run_base(setting: str, args) -> tuple[dict, list[int]]:
-    """The untuned model's accuracies and the hardest quartile of the training examples."""
+    """The untuned model's accuracies and the hardest quartile of the training examples,
+    kept beside the setting's runs so that a resumed benchmark does not measure them again."""
+    cached = Path(args.out) / setting / "base.json"
+    if cached.exists():
+        saved = json.loads(cached.read_text())
+        return saved["row"], saved["tracked"]
     sizes, family = args.sizes, SETTINGS[setting].family
     task = setting_task(setting, sizes)
     max_new_tokens = MAX_NEW_TOKENS[family]
@@ -300,6 +305,8 @@ def run_base(setting: str, args) -> tuple[dict, list[int]]:
     row |= evaluate(base, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=max_new_tokens))
     row |= {"val_acc_greedy": evaluate(base, task, EvalConfig(split="validation", majority_k=0, max_new_tokens=max_new_tokens))["eval_acc_greedy"]}
     row |= {"hardest_quartile_base_acc": float(base_train_accuracy[tracked].mean()), "hardest_quartile_size": len(tracked), "wall_seconds": time.perf_counter() - started}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"row": row, "tracked": tracked}))
     return row, tracked
 
 

@@ -50,9 +50,11 @@ def test_outputs_base_model_hardest_quartile_plots_and_trl(smoke_benchmark):
 def test_a_rerun_skips_finished_runs(smoke_benchmark):
     benchmark, out, argv = smoke_benchmark
     run_csv = next((out / "arithmetic").glob("lr*/trice-seed1.csv"))
-    before = run_csv.stat().st_mtime_ns
+    base = out / "arithmetic" / "base.json"
+    before = run_csv.stat().st_mtime_ns, base.stat().st_mtime_ns
     benchmark.main([*argv, "--no-trl"])
-    assert run_csv.stat().st_mtime_ns == before
+    assert (run_csv.stat().st_mtime_ns, base.stat().st_mtime_ns) == before
+    assert pd.read_csv(out / "base.csv")["hardest_quartile_size"].tolist() == [4]
 
 
 def test_the_report_replaces_only_its_section(smoke_benchmark, tmp_path):
