@@ -70,7 +70,7 @@ from trice_rl.evaluation import EvalConfig, evaluate  # noqa: E402
 from trice_rl.machine import load_average, machine_info  # noqa: E402
 from trice_rl.plotting import plot_curves  # noqa: E402
 from trice_rl.policy import Policy  # noqa: E402
-from trice_rl.runner import Runner, RunConfig  # noqa: E402
+from trice_rl.runner import Runner, RunConfig, run_files  # noqa: E402
 
 METHODS = ("prompt-tuning", "cot-sft", "star", "rft", "trice-nocv", "trice", "grpo")
 SAMPLES_PER_STEP = 32
@@ -231,7 +231,7 @@ def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: lis
     afterwards from ``final_majority``)."""
     sizes, family = args.sizes, SETTINGS[setting].family
     folder = run_folder(args, setting, lr)
-    csv_path = folder / f"{method}-seed{seed}.csv"
+    csv_path, _ = run_files(folder, method, seed)
     if csv_path.exists():
         last = pd.read_csv(csv_path).iloc[-1]
         if pd.notna(last.get("val_acc_greedy")):
@@ -268,7 +268,8 @@ def final_majority(setting: str, method: str, lr: float, seed: int, args) -> dic
         return json.loads(cached.read_text())
     cls = get_algorithm(method)
     policy = method_policy(setting, cls, seed, args)
-    policy.load_tunable_state_dict(torch.load(folder / "checkpoints" / f"{method}-seed{seed}.pt", weights_only=False)["policy"])
+    _, checkpoint = run_files(folder, method, seed)
+    policy.load_tunable_state_dict(torch.load(checkpoint, weights_only=False)["policy"])
     config = EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family], greedy=False)
     result = evaluate(policy, setting_task(setting, sizes), config, prompt_kind=cls.prompt_kind, seed=seed)
     cached.write_text(json.dumps(result))
@@ -473,9 +474,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     return table
 
 
-# Relative cost of one run (training seconds in the quick preset): the longest runs start
-# first, so that the last ones to finish are short and no worker idles long at the end.
-METHOD_COST = {"star": 8, "trice": 2, "trice-nocv": 2, "grpo": 2, "rft": 1.5, "cot-sft": 1, "prompt-tuning": 0.5}
+# Relative cost of one run (seconds with evaluation, multistep_arithmetic_two search runs at
+# the quick sizes: star 320, trice-nocv 170, trice 165, grpo 150, rft 140, cot-sft 108,
+# prompt-tuning 33): the longest runs start first, so that the last ones to finish are
+# short and no worker idles long at the end.
+METHOD_COST = {"star": 3, "trice-nocv": 1.6, "trice": 1.5, "grpo": 1.4, "rft": 1.3, "cot-sft": 1, "prompt-tuning": 0.3}
 
 
 def choose_rate(outcomes: dict, setting: str, method: str, seed: int) -> float:

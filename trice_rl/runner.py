@@ -63,6 +63,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def run_files(out_dir: str | os.PathLike, algo: str, seed: int) -> tuple[Path, Path]:
+    """Where a run writes its CSV and its checkpoint."""
+    out_dir = Path(out_dir)
+    return out_dir / f"{algo}-seed{seed}.csv", out_dir / "checkpoints" / f"{algo}-seed{seed}.pt"
+
+
 class Runner:
     """Drives one (algorithm, seed) run, writing ``<out>/<algo>-seed<seed>.csv`` and
     ``<out>/checkpoints/<algo>-seed<seed>.pt``."""
@@ -72,9 +78,7 @@ class Runner:
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
-        run_name = f"{algorithm.name}-seed{algorithm.seed}"
-        self.csv_path = self.out_dir / f"{run_name}.csv"
-        self.checkpoint_path = self.out_dir / "checkpoints" / f"{run_name}.pt"
+        self.csv_path, self.checkpoint_path = run_files(self.out_dir, algorithm.name, algorithm.seed)
         extra = ("val_acc_greedy", "val_acc_majority") if config.final_validation else ()
         self.columns = BASE_COLUMNS + extra + tuple(m for m in algorithm.metric_names if m not in BASE_COLUMNS)
         self.rows_written = 0
