@@ -33,8 +33,9 @@ Writes into ``--out``: ``results.csv`` (one row per setting, method and seed),
 (the runs), and per setting ``curves_<setting>.png`` (test accuracy against samples, band
 over seeds), ``variance_<setting>.png`` (TRICE vs TRICE without control variate) and
 ``hardest_<setting>.png``, ``summary.csv`` and ``config.json``.  Runs go to ``--workers``
-processes (default one per core, each with its share of the torch threads).  Finished runs
-and base-model measurements (``<setting>/base.json``) are skipped and an interrupted run
+processes (default one per core, each with its share of the torch threads).  Finished runs,
+base-model measurements (``<setting>/base.json``) and TRL's runs
+(``<setting>/trl-grpo/lr<rate>-seed<k>.json``) are skipped and an interrupted run
 continues from its checkpoint, so a stopped benchmark resumes where it stopped.
 """
 
@@ -110,8 +111,8 @@ SETTINGS = {
 
 PRESETS = {
     # The three settings: 150 training examples (the paper's BBH count), each visited about
-    # 4 times, 20 optimizer steps.  multistep_arithmetic_two alone took 3,967 s on a 2-core
-    # CPU (two workers); the three together take longer than the hour this preset aims at.
+    # 4 times, 20 optimizer steps.  On a 2-core CPU (two workers) the three settings took
+    # 8,260 s (multistep_arithmetic_two 3,967), more than twice the hour this preset aims at.
     "quick": dict(
         settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
         num_train=150,
@@ -232,10 +233,12 @@ def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: lis
     sizes, family = args.sizes, SETTINGS[setting].family
     folder = run_folder(args, setting, lr)
     csv_path, _ = run_files(folder, method, seed)
+    seconds_path = folder / f"{method}-seed{seed}.seconds.json"
     if csv_path.exists():
         last = pd.read_csv(csv_path).iloc[-1]
         if pd.notna(last.get("val_acc_greedy")):
-            return last.to_dict()
+            seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
+            return last.to_dict() | seconds | {"reused": True}
     max_new_tokens = MAX_NEW_TOKENS[family]
     cls = get_algorithm(method)
     policy = method_policy(setting, cls, seed, args)
@@ -254,7 +257,9 @@ def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: lis
     )
     started = time.perf_counter()
     outcome = Runner(algorithm, run_config, folder, progress=False).run(resume=True)
-    return outcome | {"run_seconds": time.perf_counter() - started}  # training and evaluation
+    seconds = {"run_seconds": time.perf_counter() - started}  # training and evaluation
+    seconds_path.write_text(json.dumps(seconds))
+    return outcome | seconds | {"reused": False}
 
 
 def final_majority(setting: str, method: str, lr: float, seed: int, args) -> dict:
@@ -333,7 +338,8 @@ def _final_columns(outcome: dict) -> dict:
 def run_trl_grpo(setting: str, lr: float, args) -> dict:
     """TRL's GRPOTrainer with our grpo's shape and learning rate, seed of the search; our
     evaluation on the result.  The loss is TRL's ``dr_grpo`` (a constant divisor, which Adam
-    ignores), rewards scaled by the group std, constant learning rate, no KL: our ``grpo``."""
+    ignores), rewards scaled by the group std, constant learning rate, no KL: our ``grpo``.
+    The row is kept beside the setting's runs, so a resumed benchmark does not train again."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
@@ -341,11 +347,14 @@ def run_trl_grpo(setting: str, lr: float, args) -> dict:
     from trice_rl.trl_adapter import task_dataset, task_reward
 
     sizes, family, seed = args.sizes, SETTINGS[setting].family, args.seeds[0]
+    out = Path(args.out) / setting / "trl-grpo"
+    cached = out / f"lr{lr:g}-seed{seed}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
     task = setting_task(setting, sizes)
     shape = METHOD_SHAPES["grpo"]
     prompts_per_step, group = shape["batch_size"], shape["group_size"]
     steps = -(-sizes["budget_samples"] // (prompts_per_step * group))
-    out = Path(args.out) / setting / "trl-grpo"
     path = resolve_model_path(SETTINGS[setting].model(sizes["model_size"]))
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -381,7 +390,10 @@ def run_trl_grpo(setting: str, lr: float, args) -> dict:
     policy = Policy(trainer.model, tokenizer, seed=seed, meter=BudgetMeter())
     accuracy = evaluate(policy, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family]), seed=seed)
     samples = steps * prompts_per_step * group
-    return {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
+    row = {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
+    out.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(row))
+    return row
 
 
 # ---------------------------------------------------------------------- the plots
@@ -420,12 +432,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     transformers_logging.disable_progress_bar()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "config.json").exists():  # finished runs are reused: only with the same sizes
-        previous = json.loads((out / "config.json").read_text()).get("preset")
-        if previous != json.loads(json.dumps(args.sizes)):
-            raise SystemExit(f"benchmark.py: error: {out} holds a benchmark with other sizes ({previous}); choose another --out")
+    previous = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
+    if previous and previous.get("preset") != json.loads(json.dumps(args.sizes)):  # finished runs are reused: only with the same sizes
+        raise SystemExit(f"benchmark.py: error: {out} holds a benchmark with other sizes ({previous.get('preset')}); choose another --out")
+    command = " ".join(["python"] + sys.argv)
     config = {
-        "command": " ".join(["python"] + sys.argv),
+        "command": command,
         "preset": args.sizes,
         "settings": {name: dataclasses.asdict(SETTINGS[name]) for name in args.settings},
         "methods": args.methods,
@@ -466,6 +478,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table.to_csv(out / "summary.csv", index=False)
     config["wall_seconds"] = time.perf_counter() - started
     config["machine"]["load1_end"] = load_average()
+    # Every invocation that wrote into this folder, so the report can say what a resumed
+    # benchmark's time covers.
+    reused = sum(1 for outcome in outcomes.values() if outcome.get("reused"))
+    config["invocations"] = previous.get("invocations", []) + [{"command": command, "wall_seconds": config["wall_seconds"], "runs": len(outcomes), "runs_reused": reused}]
     (out / "config.json").write_text(json.dumps(config, indent=2))
     print(f"\nbenchmark wall time {time.perf_counter() - started:.0f} s")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", formatters={"lr": lambda v: f"{v:g}"}))

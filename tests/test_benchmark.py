@@ -1,5 +1,7 @@
 """experiments/benchmark.py and experiments/report.py end to end (smoke preset, tiny models)."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -51,20 +53,33 @@ def test_a_rerun_skips_finished_runs(smoke_benchmark):
     benchmark, out, argv = smoke_benchmark
     run_csv = next((out / "arithmetic").glob("lr*/trice-seed1.csv"))
     base = out / "arithmetic" / "base.json"
-    before = run_csv.stat().st_mtime_ns, base.stat().st_mtime_ns
-    benchmark.main([*argv, "--no-trl"])
-    assert (run_csv.stat().st_mtime_ns, base.stat().st_mtime_ns) == before
+    (trl,) = (out / "arithmetic" / "trl-grpo").glob("lr*-seed0.json")
+    trl_row = pd.read_csv(out / "trl_grpo.csv")
+    files = (run_csv, base, trl)
+    before = [f.stat().st_mtime_ns for f in files]
+    results = pd.read_csv(out / "results.csv")
+    benchmark.main(argv)
+    assert [f.stat().st_mtime_ns for f in files] == before
     assert pd.read_csv(out / "base.csv")["hardest_quartile_size"].tolist() == [4]
+    # TRL's own columns come back from its cache (ours_s_per_sample is recomputed from our runs).
+    trl_columns = [c for c in trl_row if not c.startswith("ours_")]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "trl_grpo.csv")[trl_columns], trl_row[trl_columns])
+    # The runs' own times survive the reuse, and the folder's record lists both invocations.
+    pd.testing.assert_series_equal(pd.read_csv(out / "results.csv")["run_seconds"], results["run_seconds"])
+    first, second = json.loads((out / "config.json").read_text())["invocations"][:2]
+    assert first["runs_reused"] == 0 and second["runs_reused"] == second["runs"] == first["runs"] > 0
+    line = load_script("report").commands(json.loads((out / "config.json").read_text()))
+    assert line.startswith("Commands, one benchmark resumed in the same folder: ") and f"reusing {first['runs']} of its {first['runs']} runs" in line
 
 
 def test_the_report_replaces_only_its_section(smoke_benchmark, tmp_path):
     _, out, _ = smoke_benchmark
     report = load_script("report")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\nbefore\n\n{report.START}\nold\n{report.END}\n\nafter\n")
+    readme.write_text(f"# Title\n\nbefore\n\n{report.START}\nstale section\n{report.END}\n\nafter\n")
     report.main([str(out), "--readme", str(readme), "--docs", str(tmp_path / "docs")])
     text = readme.read_text()
-    assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "old" not in text
+    assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "stale section" not in text
     assert "| arithmetic | trice |" in text and "| arithmetic | base model |" in text
     assert "TRL GRPOTrainer" in text and (tmp_path / "docs" / "curves_arithmetic.png").exists()
     assert "](docs/curves_arithmetic.png)" in text
