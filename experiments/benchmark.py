@@ -265,19 +265,24 @@ def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: lis
 def final_majority(setting: str, method: str, lr: float, seed: int, args) -> dict:
     """Majority-of-k test accuracy of a finished run, from the parameters in its final
     checkpoint, with the seed the run's own final evaluation would have used (so the same
-    number); cached beside the run."""
+    number)."""
     sizes, family = args.sizes, SETTINGS[setting].family
-    folder = run_folder(args, setting, lr)
-    cached = folder / f"{method}-seed{seed}.majority.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
     cls = get_algorithm(method)
     policy = method_policy(setting, cls, seed, args)
-    _, checkpoint = run_files(folder, method, seed)
+    _, checkpoint = run_files(run_folder(args, setting, lr), method, seed)
     policy.load_tunable_state_dict(torch.load(checkpoint, weights_only=False)["policy"])
     config = EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family], greedy=False)
-    result = evaluate(policy, setting_task(setting, sizes), config, prompt_kind=cls.prompt_kind, seed=seed)
-    cached.write_text(json.dumps(result))
+    return evaluate(policy, setting_task(setting, sizes), config, prompt_kind=cls.prompt_kind, seed=seed)
+
+
+def kept(path: Path, compute, *compute_args):
+    """``compute(*compute_args)``, a JSON value, kept at ``path``: a resumed benchmark reads
+    it instead of measuring it again."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute(*compute_args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
     return result
 
 
@@ -294,13 +299,9 @@ def learning_rates(method: str) -> tuple[float, ...]:
     return LEARNING_RATES[get_algorithm(method).default_tune or "full"]
 
 
-def run_base(setting: str, args) -> tuple[dict, list[int]]:
-    """The untuned model's accuracies and the hardest quartile of the training examples,
-    kept beside the setting's runs so that a resumed benchmark does not measure them again."""
-    cached = Path(args.out) / setting / "base.json"
-    if cached.exists():
-        saved = json.loads(cached.read_text())
-        return saved["row"], saved["tracked"]
+def run_base(setting: str, args) -> dict:
+    """The untuned model's accuracies (``row``) and the hardest quartile of the training
+    examples (``tracked``)."""
     sizes, family = args.sizes, SETTINGS[setting].family
     task = setting_task(setting, sizes)
     max_new_tokens = MAX_NEW_TOKENS[family]
@@ -311,9 +312,7 @@ def run_base(setting: str, args) -> tuple[dict, list[int]]:
     row |= evaluate(base, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=max_new_tokens))
     row |= {"val_acc_greedy": evaluate(base, task, EvalConfig(split="validation", majority_k=0, max_new_tokens=max_new_tokens))["eval_acc_greedy"]}
     row |= {"hardest_quartile_base_acc": float(base_train_accuracy[tracked].mean()), "hardest_quartile_size": len(tracked), "wall_seconds": time.perf_counter() - started}
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps({"row": row, "tracked": tracked}))
-    return row, tracked
+    return {"row": row, "tracked": tracked}
 
 
 def _init_worker(threads: int) -> None:
@@ -338,8 +337,7 @@ def _final_columns(outcome: dict) -> dict:
 def run_trl_grpo(setting: str, lr: float, args) -> dict:
     """TRL's GRPOTrainer with our grpo's shape and learning rate, seed of the search; our
     evaluation on the result.  The loss is TRL's ``dr_grpo`` (a constant divisor, which Adam
-    ignores), rewards scaled by the group std, constant learning rate, no KL: our ``grpo``.
-    The row is kept beside the setting's runs, so a resumed benchmark does not train again."""
+    ignores), rewards scaled by the group std, constant learning rate, no KL: our ``grpo``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
@@ -348,9 +346,6 @@ def run_trl_grpo(setting: str, lr: float, args) -> dict:
 
     sizes, family, seed = args.sizes, SETTINGS[setting].family, args.seeds[0]
     out = Path(args.out) / setting / "trl-grpo"
-    cached = out / f"lr{lr:g}-seed{seed}.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
     task = setting_task(setting, sizes)
     shape = METHOD_SHAPES["grpo"]
     prompts_per_step, group = shape["batch_size"], shape["group_size"]
@@ -390,10 +385,7 @@ def run_trl_grpo(setting: str, lr: float, args) -> dict:
     policy = Policy(trainer.model, tokenizer, seed=seed, meter=BudgetMeter())
     accuracy = evaluate(policy, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family]), seed=seed)
     samples = steps * prompts_per_step * group
-    row = {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
-    out.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(row))
-    return row
+    return {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
 
 
 # ---------------------------------------------------------------------- the plots
@@ -525,7 +517,7 @@ def schedule(args) -> tuple[dict, dict, list[dict]]:
                 submit("run", (s, m, lr, seed), run_once, s, m, lr, seed, args, tracked[s], bases[s]["eval_acc_greedy"], majority)
 
         for s in sorted(args.settings, key=lambda s: -MAX_NEW_TOKENS[SETTINGS[s].family]):
-            submit("base", (s,), run_base, s, args)
+            submit("base", (s,), kept, Path(args.out) / s / "base.json", run_base, s, args)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -533,7 +525,7 @@ def schedule(args) -> tuple[dict, dict, list[dict]]:
                 result = future.result()
                 if kind == "base":
                     (s,) = key
-                    bases[s], tracked[s] = result
+                    bases[s], tracked[s] = result["row"], result["tracked"]
                     bar.write(f"[{s}] base model: test greedy {bases[s]['eval_acc_greedy']:.3f}, majority {bases[s]['eval_acc_majority']:.3f}, validation {bases[s]['val_acc_greedy']:.3f}")
                     submit_runs([(s, m, lr, search_seed) for m in args.methods for lr in learning_rates(m)], majority=False)
                 elif kind == "run":
@@ -543,10 +535,10 @@ def schedule(args) -> tuple[dict, dict, list[dict]]:
                     s, m, _, seed = key
                     if seed == search_seed and all((s, m, lr, seed) in outcomes for lr in learning_rates(m)):
                         lr = choose_rate(outcomes, s, m, seed)
-                        submit("majority", (s, m, lr, seed), final_majority, s, m, lr, seed, args)
+                        submit("majority", (s, m, lr, seed), kept, run_folder(args, s, lr) / f"{m}-seed{seed}.majority.json", final_majority, s, m, lr, seed, args)
                         submit_runs([(s, m, lr, other) for other in args.seeds[1:]], majority=True)
                         if m == "grpo" and not args.no_trl:
-                            submit("trl", (s,), run_trl_grpo, s, lr, args)
+                            submit("trl", (s,), kept, Path(args.out) / s / "trl-grpo" / f"lr{lr:g}-seed{search_seed}.json", run_trl_grpo, s, lr, args)
                 elif kind == "majority":
                     majorities[key] = result
                 else:
