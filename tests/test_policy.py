@@ -101,6 +101,24 @@ def test_stop_strings_end_samples_and_are_cut_from_text(tiny_config, char_tokeni
         assert any(full.endswith(c) for c in vocab_chars) or samples.token_ids[i][-1] in policy.eos_token_ids
 
 
+@pytest.mark.parametrize("tune", ["full", "prompt"])
+def test_rows_that_finish_early_leave_the_other_rows_exact(tiny_config, char_tokenizer, tune):
+    """Finished rows are dropped from the batch and its cache part-way through decoding; the
+    rows that go on must still draw from, and be scored by, the unpadded model."""
+    policy = make_policy(tiny_config, char_tokenizer, tune)
+    stop = list("etao")
+    samples = policy.sample(PROMPTS, n=6, max_new_tokens=30, stop=stop, seed=5)
+    lengths = {len(ids) for ids in samples.token_ids}
+    assert len(lengths) >= 4 and any(samples.finished) and not all(samples.finished)  # finishing at many different steps
+    prompts = [PROMPTS[i] for i in samples.prompt_index]
+    torch.testing.assert_close(policy.logprob(prompts, samples.token_ids).detach(), samples.logprobs, atol=1e-4, rtol=0)
+    for prompt, ids in zip(prompts[::5], samples.token_ids[::5]):
+        assert float(policy.logprob([prompt], [ids])[0]) == pytest.approx(naive_logprob(policy, prompt, ids), abs=1e-4)
+    greedy = policy.greedy(PROMPTS, max_new_tokens=30, stop=stop)
+    for prompt, ids in zip(PROMPTS, greedy.token_ids):
+        assert policy.greedy([prompt], max_new_tokens=30, stop=stop).token_ids == [ids]  # alone, no padding or other rows
+
+
 def test_first_token_frequencies_match_the_model_softmax(tiny_config, char_tokenizer):
     """Exact ancestral sampling: a chi-square test of 6000 first tokens against softmax."""
     policy = make_policy(tiny_config, char_tokenizer)

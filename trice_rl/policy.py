@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 from trice_rl.budget import BudgetMeter
 
@@ -346,7 +347,7 @@ class Policy:
         input_ids, mask = input_ids.to(device), self._mask_with_soft_prompt(mask.to(device))
 
         # Encode each prompt once, then copy its cache for its n samples.
-        cache = DynamicCache(config=self._lm.config)
+        cache = _preallocated_cache(self._lm.config, prompt_len + self._num_virtual_tokens + max_new_tokens)
         logits = self._forward(input_ids, mask, cache=cache, logits_to_keep=1)[:, -1].float()
         if n > 1:
             cache.batch_repeat_interleave(n)
@@ -471,6 +472,67 @@ class Policy:
 
     def set_rng_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A full-attention cache layer that writes each step into a buffer sized for the whole
+    decode.  ``DynamicLayer`` concatenates the whole cache with every new token, which made
+    a third of the built-in model's decoding time on a CPU; this one copies only the new
+    token's keys and values and hands attention a view of the filled part."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        batch, heads, _, _ = key_states.shape
+        self.key_buffer = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
+        self.value_buffer = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"the cache holds {self.capacity} positions; {end} were written")
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def _expose(self) -> None:
+        self.keys = self.key_buffer[:, :, : self.length]
+        self.values = self.value_buffer[:, :, : self.length]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.length:
+            self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+            self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+            self._expose()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices``, copying only the filled positions."""
+        if self.length:
+            self.key_buffer = self._select(self.key_buffer, indices)
+            self.value_buffer = self._select(self.value_buffer, indices)
+            self._expose()
+
+    def _select(self, buffer: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        kept = buffer.new_empty(len(indices), *buffer.shape[1:])
+        torch.index_select(buffer[:, :, : self.length], 0, indices, out=kept[:, :, : self.length])
+        return kept
+
+
+def _preallocated_cache(config, capacity: int) -> DynamicCache:
+    """A ``DynamicCache`` whose full-attention layers are :class:`_PreallocatedLayer` of
+    ``capacity`` positions (sliding-window and other layer kinds stay as the model made them)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator) -> torch.Tensor:
