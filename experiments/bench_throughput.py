@@ -11,7 +11,9 @@ parameters over the built-in character vocabulary (``--quick``: about 11M), it m
   max_new_tokens).  EOS is made unable to end a sample on both sides (generate:
   ``min_new_tokens = max_new_tokens``; the Policy: no EOS ids, no stop strings), so every
   row has exactly ``max_new_tokens`` tokens.  Ratio = our tokens/s / generate's (> 1: ours
-  is faster);
+  is faster).  Two shapes: a training batch (8 prompts x 4 samples, 64 tokens) for both
+  models, and an evaluation pass (128 prompts x 1, 160 tokens: the arithmetic test split's
+  greedy pass) for the built-in model;
 * training: one ``trice`` step and one ``grpo`` step of our algorithms through the Policy,
   against one TRL ``GRPOTrainer`` step with the same prompts per step (M), generations per
   prompt (G) and completion length (forced to T on every side, as above); fp32, no gradient
@@ -71,9 +73,13 @@ class Sizes:
     step_tokens: int  # T: completion length in training steps
     repeats: int
     big_model: dict = field(default_factory=dict)
+    # (prompts, n, max_new_tokens) of a second sampling measurement shaped like an
+    # evaluation pass (many rows, long rationales), for the built-in model only: at that
+    # length the KV cache's handling dominates, and the 85M model would take many minutes
+    eval_sample: tuple[int, int, int] | None = None
 
 
-FULL = Sizes(8, 4, 64, 4, 4, 48, 3, dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048))
+FULL = Sizes(8, 4, 64, 4, 4, 48, 3, dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048), (128, 1, 160))
 QUICK = Sizes(4, 2, 16, 2, 2, 16, 2, dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1024))
 
 
@@ -94,10 +100,11 @@ def matmul_flops(size: int, repeats: int) -> float:
 def builtin_model(size: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trice_rl.builtin_model import builtin_model_path
+    from trice_rl.builtin_model import CPU_ATTENTION, builtin_model_path
 
     path = builtin_model_path("arithmetic", size=size)
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    # as the Policy loads it: every side of the comparison runs the same model
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation=CPU_ATTENTION), AutoTokenizer.from_pretrained(path)
 
 
 def random_llama(shape: dict, seed: int = 0):
@@ -186,10 +193,11 @@ def no_eos_policy(model, tokenizer, seed: int = 0) -> Policy:
 
 
 # ------------------------------------------------------------------ sampling
-def bench_sampling(model, tokenizer, sizes: Sizes, n_params: int, peak: float, profile: bool) -> list[dict]:
-    task = make_task(max(sizes.sample_prompts, 4))
-    prompts = [task.cot_prompt(e.question) for e in task.examples("train")[: sizes.sample_prompts]]
-    n, new_tokens = sizes.sample_n, sizes.sample_tokens
+def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, n_params: int, peak: float, profile: bool) -> list[dict]:
+    """``shape``: prompts, samples per prompt, new tokens per sample."""
+    num_prompts, n, new_tokens = shape
+    task = make_task(max(num_prompts, 4))
+    prompts = [task.cot_prompt(e.question) for e in task.examples("train")[:num_prompts]]
     policy = no_eos_policy(model, tokenizer)
     eos = sorted({tokenizer.eos_token_id, *(v for v in [model.generation_config.eos_token_id] if isinstance(v, int))})
     tokenizer.padding_side = "left"
@@ -226,7 +234,7 @@ def bench_sampling(model, tokenizer, sizes: Sizes, n_params: int, peak: float, p
     times = {name: [] for name in runs}
     flops = {name: [] for name in runs}
     tokens = {}
-    for _ in range(sizes.repeats):
+    for _ in range(repeats):
         for name, fn in runs.items():  # interleaved, so drifting load hits both alike
             counter.reset()
             start = time.perf_counter()
@@ -387,9 +395,9 @@ def verdict(rows: list[dict]) -> str:
     slower than TRL's."""
     by = {r["implementation"]: r for r in rows}
     parts = []
-    if "policy.sample" in by:
-        ratio = by["policy.sample"]["ratio"]
-        parts.append(f"sampler {ratio:.2f}x generate's tokens/s ({'OK' if ratio >= 1 else 'SLOWER'})")
+    for row in rows:
+        if row["implementation"] == "policy.sample":
+            parts.append(f"sampler {row['ratio']:.2f}x generate's tokens/s at {row['setting']} ({'OK' if row['ratio'] >= 1 else 'SLOWER'})")
     if "ours:grpo" in by:
         ratio = by["ours:grpo"]["ratio"]
         parts.append(f"grpo step {ratio:.2f}x TRL's time ({'OK' if ratio <= 1 else 'SLOWER'})")
@@ -480,7 +488,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         n_params = non_embedding_parameters(model)
         label = f"{label} ({_human(n_params)})"
         print(f"\n== {label}: {n_params:,} non-embedding parameters", flush=True)
-        model_rows = bench_sampling(model, tokenizer, sizes, n_params, peak, args.profile)
+        model_rows = bench_sampling(model, tokenizer, (sizes.sample_prompts, sizes.sample_n, sizes.sample_tokens), sizes.repeats, n_params, peak, args.profile)
+        if which == "builtin" and sizes.eval_sample:
+            model_rows += bench_sampling(model, tokenizer, sizes.eval_sample, sizes.repeats, n_params, peak, profile=False)
         model_rows += bench_steps(model, tokenizer, sizes, n_params, peak, args.profile)
         for row in model_rows:
             row.update(model=label, non_embedding_params=n_params)

@@ -20,8 +20,8 @@ Per setting (a task and the built-in model of its family):
    ``eval_every`` samples (at step 0, runs that start from the base model log the base
    model's) and majority-of-k at the end (search runs: only the chosen one, afterwards).
 4. TRL's ``GRPOTrainer`` on the same model, the same prompts per step and generations, the
-   same number of samples and our ``grpo``'s chosen learning rate: its test accuracy and
-   its wall time per sample next to ours.
+   same number of samples and our ``grpo``'s chosen learning rate, once per seed: its test
+   accuracy and its wall time per sample next to ours.
 
 Every method draws 32 samples per optimizer step (TRICE: 32 examples × 1 proposal; rft: 8
 × 4 particles; GRPO: 4 prompts × 8; the supervised methods are charged one sample per
@@ -334,24 +334,25 @@ def _final_columns(outcome: dict) -> dict:
 
 
 # ---------------------------------------------------------------------- TRL's GRPO
-def run_trl_grpo(setting: str, lr: float, args) -> dict:
-    """TRL's GRPOTrainer with our grpo's shape and learning rate, seed of the search; our
-    evaluation on the result.  The loss is TRL's ``dr_grpo`` (a constant divisor, which Adam
+def run_trl_grpo(setting: str, lr: float, seed: int, args) -> dict:
+    """TRL's GRPOTrainer with our grpo's shape and chosen learning rate, for one of our seeds;
+    our evaluation on the result.  The loss is TRL's ``dr_grpo`` (a constant divisor, which Adam
     ignores), rewards scaled by the group std, constant learning rate, no KL: our ``grpo``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from trice_rl.builtin_model import CPU_ATTENTION
     from trice_rl.policy import resolve_model_path
     from trice_rl.trl_adapter import task_dataset, task_reward
 
-    sizes, family, seed = args.sizes, SETTINGS[setting].family, args.seeds[0]
+    sizes, family = args.sizes, SETTINGS[setting].family
     out = Path(args.out) / setting / "trl-grpo"
     task = setting_task(setting, sizes)
     shape = METHOD_SHAPES["grpo"]
     prompts_per_step, group = shape["batch_size"], shape["group_size"]
     steps = -(-sizes["budget_samples"] // (prompts_per_step * group))
     path = resolve_model_path(SETTINGS[setting].model(sizes["model_size"]))
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=CPU_ATTENTION)  # as the Policy loads it
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"  # for TRL's generate; the Policy pads its own batches
     config = GRPOConfig(
@@ -458,10 +459,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for seed in args.seeds
     ]
     pd.DataFrame(results).to_csv(out / "results.csv", index=False)
-    for row in trl_rows:
-        ours = [r for r in results if r["method"] == "grpo" and r["setting"] == row["setting"]]
-        row["ours_s_per_sample"] = float(np.mean([r["wall_seconds"] / r["samples_drawn"] for r in ours]))
-        row["ours_acc_greedy"] = float(np.mean([r["eval_acc_greedy"] for r in ours]))
     if trl_rows:
         pd.DataFrame(trl_rows).to_csv(out / "trl_grpo.csv", index=False)
     for setting in args.settings:
@@ -497,7 +494,7 @@ def choose_rate(outcomes: dict, setting: str, method: str, seed: int) -> float:
 def schedule(args) -> tuple[dict, dict, list[dict]]:
     """Every run of the benchmark on a pool of workers, each started as soon as what it
     needs is known: a setting's search once its base model is measured, a method's other
-    seeds (and the majority-of-k of its chosen search run, and TRL's GRPOTrainer for grpo)
+    seeds (and the majority-of-k of its chosen search run, and TRL's GRPOTrainer for grpo, every seed)
     once its search is done.  Returns the run outcomes by (setting, method, lr, seed), the
     base rows by setting and TRL's rows."""
     search_seed = args.seeds[0]
@@ -538,16 +535,17 @@ def schedule(args) -> tuple[dict, dict, list[dict]]:
                         submit("majority", (s, m, lr, seed), kept, run_folder(args, s, lr) / f"{m}-seed{seed}.majority.json", final_majority, s, m, lr, seed, args)
                         submit_runs([(s, m, lr, other) for other in args.seeds[1:]], majority=True)
                         if m == "grpo" and not args.no_trl:
-                            submit("trl", (s,), kept, Path(args.out) / s / "trl-grpo" / f"lr{lr:g}-seed{search_seed}.json", run_trl_grpo, s, lr, args)
+                            for trl_seed in args.seeds:
+                                submit("trl", (s, trl_seed), kept, Path(args.out) / s / "trl-grpo" / f"lr{lr:g}-seed{trl_seed}.json", run_trl_grpo, s, lr, trl_seed, args)
                 elif kind == "majority":
                     majorities[key] = result
                 else:
                     trl_rows.append(result)
-                    bar.write(f"  {result['setting']} TRL GRPOTrainer: test greedy {result['eval_acc_greedy']:.3f}, {result['trl_s_per_sample']:.4f} s/sample")
+                    bar.write(f"  {result['setting']} TRL GRPOTrainer seed {result['seed']}: test greedy {result['eval_acc_greedy']:.3f}, {result['trl_s_per_sample']:.4f} s/sample")
         bar.close()
     for key, result in majorities.items():
         outcomes[key] = outcomes[key] | result
-    return outcomes, bases, sorted(trl_rows, key=lambda row: args.settings.index(row["setting"]))
+    return outcomes, bases, sorted(trl_rows, key=lambda row: (args.settings.index(row["setting"]), row["seed"]))
 
 
 def summary_table(results: pd.DataFrame, bases: pd.DataFrame) -> pd.DataFrame:

@@ -45,25 +45,28 @@ def test_outputs_base_model_hardest_quartile_plots_and_trl(smoke_benchmark):
     for name in ("curves_arithmetic.png", "variance_arithmetic.png", "hardest_arithmetic.png", "summary.csv", "config.json"):
         assert (out / name).exists(), name
     trl = pd.read_csv(out / "trl_grpo.csv")
-    assert trl["samples_drawn"].tolist() == [64]  # 2 steps of 4 prompts x 8 generations cover 48
-    assert 0 <= trl["eval_acc_greedy"].item() <= 1 and trl["trl_s_per_sample"].item() > 0
+    results = pd.read_csv(out / "results.csv")
+    grpo = results[results["method"] == "grpo"]
+    # One TRL run per seed, at our grpo's chosen rate; 2 steps of 4 prompts x 8 generations cover 48.
+    assert trl["seed"].tolist() == sorted(grpo["seed"]) == [0, 1] and set(trl["lr"]) == set(grpo["lr"])
+    assert trl["samples_drawn"].tolist() == [64, 64]
+    assert trl["eval_acc_greedy"].between(0, 1).all() and (trl["trl_s_per_sample"] > 0).all()
 
 
 def test_a_rerun_skips_finished_runs(smoke_benchmark):
     benchmark, out, argv = smoke_benchmark
     run_csv = next((out / "arithmetic").glob("lr*/trice-seed1.csv"))
     base = out / "arithmetic" / "base.json"
-    (trl,) = (out / "arithmetic" / "trl-grpo").glob("lr*-seed0.json")
-    trl_row = pd.read_csv(out / "trl_grpo.csv")
-    files = (run_csv, base, trl)
+    trl = sorted((out / "arithmetic" / "trl-grpo").glob("lr*-seed*.json"))
+    trl_rows = pd.read_csv(out / "trl_grpo.csv")
+    files = (run_csv, base, *trl)
     before = [f.stat().st_mtime_ns for f in files]
     results = pd.read_csv(out / "results.csv")
     benchmark.main(argv)
     assert [f.stat().st_mtime_ns for f in files] == before
     assert pd.read_csv(out / "base.csv")["hardest_quartile_size"].tolist() == [4]
-    # TRL's own columns come back from its cache (ours_s_per_sample is recomputed from our runs).
-    trl_columns = [c for c in trl_row if not c.startswith("ours_")]
-    pd.testing.assert_frame_equal(pd.read_csv(out / "trl_grpo.csv")[trl_columns], trl_row[trl_columns])
+    assert len(trl) == 2
+    pd.testing.assert_frame_equal(pd.read_csv(out / "trl_grpo.csv"), trl_rows)  # from TRL's cached runs
     # The runs' own times survive the reuse, and the folder's record lists both invocations.
     pd.testing.assert_series_equal(pd.read_csv(out / "results.csv")["run_seconds"], results["run_seconds"])
     first, second = json.loads((out / "config.json").read_text())["invocations"][:2]
@@ -81,7 +84,12 @@ def test_the_report_replaces_only_its_section(smoke_benchmark, tmp_path):
     text = readme.read_text()
     assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "stale section" not in text
     assert "| arithmetic | trice |" in text and "| arithmetic | base model |" in text
-    assert "TRL GRPOTrainer" in text and (tmp_path / "docs" / "curves_arithmetic.png").exists()
+    assert "| arithmetic | TRL GRPOTrainer |" in text and (tmp_path / "docs" / "curves_arithmetic.png").exists()
+    # TRL against our grpo: both over the two seeds, with the difference's standard error.
+    trl, results = pd.read_csv(out / "trl_grpo.csv"), pd.read_csv(out / "results.csv")
+    ours = results[results["method"] == "grpo"]["eval_acc_greedy"]
+    row = next(line for line in text.splitlines() if line.startswith("| arithmetic | ") and line.count("|") == 8)
+    assert f"| {report.mean_std(trl['eval_acc_greedy'])} | {report.mean_std(ours)} | {trl['eval_acc_greedy'].mean() - ours.mean():+.3f} ± " in row
     assert "](docs/curves_arithmetic.png)" in text
 
 

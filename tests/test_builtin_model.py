@@ -124,3 +124,17 @@ def test_cli_prints_size_and_accuracies(tiny_folder, monkeypatch, capsys):
     builtin.main(["--size", "tiny", "--examples", "2", "--samples", "2"])
     out = capsys.readouterr().out
     assert "parameters:" in out and re.search(r"train: examples 2  greedy \d\.\d+  sampled", out) and "test:" in out
+
+
+def test_the_policy_loads_the_builtin_model_with_its_cpu_attention(cache):
+    from trice_rl.policy import Policy
+
+    policy = Policy.from_pretrained("builtin:arithmetic:tiny")
+    assert policy.model.config._attn_implementation == builtin.CPU_ATTENTION
+    # A choice of kernel, not of model: the default (SDPA) gives the same scores.
+    reference = Policy.from_pretrained(str(builtin.builtin_model_path(size="tiny")))
+    assert reference.model.config._attn_implementation == "sdpa"
+    task = ArithmeticTask(num_train=8)
+    prompts = [task.cot_prompt(e.question) for e in task.examples("train")]
+    samples = policy.sample(prompts, n=2, max_new_tokens=40, seed=0)
+    torch.testing.assert_close(reference.logprob([prompts[i] for i in samples.prompt_index], samples.token_ids), samples.logprobs, atol=1e-4, rtol=0)

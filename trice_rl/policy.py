@@ -121,6 +121,10 @@ class Policy:
         tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = kwargs.get("dtype")
         load_kwargs = {"dtype": getattr(torch, dtype) if isinstance(dtype, str) else dtype} if dtype else {}
+        if is_builtin(name_or_path) and torch.device(kwargs.get("device") or "cpu").type == "cpu":
+            from trice_rl.builtin_model import CPU_ATTENTION
+
+            load_kwargs["attn_implementation"] = CPU_ATTENTION
         model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
         return cls(model, tokenizer, tune=tune, **kwargs)
 
@@ -562,10 +566,15 @@ def _eos_ids(model: PreTrainedModel, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def is_builtin(name_or_path: str) -> bool:
+    """Whether a model name means the project's embedded model."""
+    return name_or_path == "builtin" or name_or_path.startswith("builtin:")
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """``builtin`` / ``builtin:<family>[:<size>]`` → the cached built-in model folder (built
     on first use); an existing local folder as is; anything else is treated as a hub id."""
-    if name_or_path == "builtin" or name_or_path.startswith("builtin:"):
+    if is_builtin(name_or_path):
         from trice_rl.builtin_model import builtin_model_path
 
         _, family, size = (name_or_path.split(":") + ["", ""])[:3]
