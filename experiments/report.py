@@ -174,10 +174,13 @@ def commands(config: dict) -> str:
     invocations = config.get("invocations") or [{"command": config["command"], "wall_seconds": config.get("wall_seconds", float("nan"))}]
     if len(invocations) == 1:
         return f"Command: `{invocations[0]['command']}` ({invocations[0]['wall_seconds']:.0f} s)"
-    steps = [
-        f"`{i['command']}` ({i['wall_seconds']:.0f} s" + (f", reusing {i['runs_reused']} of its {i['runs']} runs" if i.get("runs_reused") else "") + ")"
-        for i in invocations
-    ]
+    def reuse(i: dict) -> str:
+        parts = [f"{i['runs_reused']} of its {i['runs']} runs"] if i.get("runs_reused") else []
+        if i.get("trl_runs_reused") or (parts and i.get("trl_runs")):
+            parts.append(f"{i.get('trl_runs_reused') or 'none'} of its {i['trl_runs']} TRL runs")
+        return ", reusing " + " and ".join(parts) if parts else ""
+
+    steps = [f"`{i['command']}` ({i['wall_seconds']:.0f} s{reuse(i)})" for i in invocations]
     return "Commands, one benchmark resumed in the same folder: " + ", then ".join(steps) + ","
 
 

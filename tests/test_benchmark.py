@@ -71,8 +71,10 @@ def test_a_rerun_skips_finished_runs(smoke_benchmark):
     pd.testing.assert_series_equal(pd.read_csv(out / "results.csv")["run_seconds"], results["run_seconds"])
     first, second = json.loads((out / "config.json").read_text())["invocations"][:2]
     assert first["runs_reused"] == 0 and second["runs_reused"] == second["runs"] == first["runs"] > 0
+    assert first["trl_runs_reused"] == 0 and second["trl_runs_reused"] == second["trl_runs"] == first["trl_runs"] == 2
     line = load_script("report").commands(json.loads((out / "config.json").read_text()))
-    assert line.startswith("Commands, one benchmark resumed in the same folder: ") and f"reusing {first['runs']} of its {first['runs']} runs" in line
+    assert line.startswith("Commands, one benchmark resumed in the same folder: ")
+    assert f"reusing {first['runs']} of its {first['runs']} runs and 2 of its 2 TRL runs)" in line
 
 
 def test_the_report_replaces_only_its_section(smoke_benchmark, tmp_path):
