@@ -352,7 +352,7 @@ def run_trl_grpo(setting: str, lr: float, seed: int, args) -> dict:
     from trice_rl.trl_adapter import task_dataset, task_reward
 
     sizes, family = args.sizes, SETTINGS[setting].family
-    out = Path(args.out) / setting / "trl-grpo"
+    out = trl_file(Path(args.out), setting, lr, seed).parent
     task = setting_task(setting, sizes)
     shape = METHOD_SHAPES["grpo"]
     prompts_per_step, group = shape["batch_size"], shape["group_size"]

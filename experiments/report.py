@@ -174,6 +174,7 @@ def commands(config: dict) -> str:
     invocations = config.get("invocations") or [{"command": config["command"], "wall_seconds": config.get("wall_seconds", float("nan"))}]
     if len(invocations) == 1:
         return f"Command: `{invocations[0]['command']}` ({invocations[0]['wall_seconds']:.0f} s)"
+
     def reuse(i: dict) -> str:
         parts = [f"{i['runs_reused']} of its {i['runs']} runs"] if i.get("runs_reused") else []
         if i.get("trl_runs_reused") or (parts and i.get("trl_runs")):
