@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from trice_rl.budget import Budget, BudgetMeter
-from trice_rl.policy import Policy
+from trice_rl.policy import Policy, _fill_holes, _PreallocatedLayer
 
 PROMPTS = ["Question: 3 + 4?\nAnswer: Let's think step by step.\n", "Q: x", "Question: what is 12 - 7 modulo 10?\n"]
 
@@ -223,3 +223,26 @@ def test_bad_arguments_give_clear_errors(tiny_config, char_tokenizer):
         policy.sample(PROMPTS, temperature=0.0)
     with pytest.raises(FileNotFoundError):
         Policy.from_pretrained("./no/such/model/folder")
+
+
+def test_cache_rows_are_selected_in_place_in_any_order():
+    """Selecting rows moves them inside the preallocated buffer; a row that is both read
+    and overwritten (row 0 below) must be read before it is written."""
+    layer = _PreallocatedLayer(capacity=8)
+    keys, values = torch.randn(5, 2, 3, 4), torch.randn(5, 2, 3, 4)
+    layer.update(keys, values)
+    indices = torch.tensor([3, 0, 2])
+    layer.batch_select_indices(indices)
+    torch.testing.assert_close(layer.keys, keys[indices], rtol=0, atol=0)
+    torch.testing.assert_close(layer.values, values[indices], rtol=0, atol=0)
+    new_keys, new_values = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+    layer.update(new_keys, new_values)
+    torch.testing.assert_close(layer.keys, torch.cat([keys[indices], new_keys], dim=2), rtol=0, atol=0)
+
+
+def test_fill_holes_keeps_exactly_the_kept_rows_moving_only_the_dropped_count():
+    keep = torch.tensor([True, False, True, False, True, True, False, True])
+    order = _fill_holes(keep)
+    assert sorted(order.tolist()) == keep.nonzero().squeeze(-1).tolist()
+    moved = (order != torch.arange(len(order))).sum().item()
+    assert moved == (~keep[: len(order)]).sum().item() == 2

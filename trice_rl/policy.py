@@ -385,7 +385,7 @@ class Policy:
             if not keep.any() or step + 1 == max_new_tokens:
                 break
             if not keep.all():
-                kept = keep.nonzero().squeeze(-1)
+                kept = _fill_holes(keep)
                 cache.batch_select_indices(kept)
                 active, mask, next_tokens = active[kept], mask[kept], next_tokens[kept]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -519,16 +519,33 @@ class _PreallocatedLayer(DynamicLayer):
             self._expose()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep the rows ``indices``, copying only the filled positions."""
+        """Keep the rows ``indices`` (no more than there are), in that order: only the rows
+        that change place are copied, and only their filled positions."""
+        if not self.is_initialized:
+            return
+        if len(indices) > self.key_buffer.shape[0]:
+            raise ValueError(f"cannot select {len(indices)} rows from {self.key_buffer.shape[0]}")
         if self.length:
-            self.key_buffer = self._select(self.key_buffer, indices)
-            self.value_buffer = self._select(self.value_buffer, indices)
-            self._expose()
+            moved = (indices != torch.arange(len(indices), device=indices.device)).nonzero().squeeze(-1)
+            if len(moved):
+                sources = indices[moved]
+                # Gathered before written, so a source that is also a target is read intact.
+                self.key_buffer[moved, :, : self.length] = self.key_buffer[sources, :, : self.length]
+                self.value_buffer[moved, :, : self.length] = self.value_buffer[sources, :, : self.length]
+        self.key_buffer = self.key_buffer[: len(indices)]
+        self.value_buffer = self.value_buffer[: len(indices)]
+        self._expose()
 
-    def _select(self, buffer: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        kept = buffer.new_empty(len(indices), *buffer.shape[1:])
-        torch.index_select(buffer[:, :, : self.length], 0, indices, out=kept[:, :, : self.length])
-        return kept
+
+def _fill_holes(keep: torch.Tensor) -> torch.Tensor:
+    """Row indices that keep the rows where ``keep`` is true: each dropped row among the
+    first ``keep.sum()`` is replaced by a kept row from after them, so that compacting the
+    KV cache moves only as many rows as were dropped (copying every kept row into a new
+    buffer cost seven times an attention pass over it)."""
+    count = int(keep.sum())
+    order = torch.arange(count, device=keep.device)
+    order[(~keep[:count]).nonzero().squeeze(-1)] = keep[count:].nonzero().squeeze(-1) + count
+    return order
 
 
 def _preallocated_cache(config, capacity: int) -> DynamicCache:
