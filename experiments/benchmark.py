@@ -113,7 +113,8 @@ PRESETS = {
     # The three settings: 150 training examples (the paper's BBH count), each visited about
     # 4 times, 20 optimizer steps.  On a 2-core CPU (two workers) the three settings took
     # 8,260 s (multistep_arithmetic_two 3,967), more than twice the hour this preset aims at;
-    # after the decoding changes multistep_arithmetic_two took 2,817 s and arithmetic 1,448 s.
+    # with the current decoder, on a slower CPU (77 GFLOP/s matmul), the three in one
+    # invocation took 7,711 s.
     "quick": dict(
         settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
         num_train=150,
