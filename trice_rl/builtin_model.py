@@ -84,7 +84,10 @@ class BuiltinConfig:
     # Five times the transformers default: at this width the default starts attention so
     # close to uniform that learning to copy operands stalls for hundreds of steps.
     initializer_range: float = 0.1
-    # optimisation
+    # optimisation.  Copying operands and the arithmetic are learned late: shorter schedules
+    # of this recipe (285 or 700 steps of 32, 570 of 16) wrote rationales in the right format
+    # with wrong operands and results (greedy 0.07-0.12 on the training split, hinted no
+    # better: chance); 1400 steps: greedy 0.31, sampled 0.31, hinted 0.39.
     train_steps: int = 1400
     batch_size: int = 32
     learning_rate: float = 3e-3
