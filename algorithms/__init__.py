@@ -6,7 +6,9 @@ from importlib import import_module
 _ALGORITHMS = {
     "trice": ("algorithms.trice", "Trice"),
     "trice-nocv": ("algorithms.trice", "TriceNoCV"),
+    "trice-k": ("algorithms.trice", "TriceK"),
     "star": ("algorithms.star", "Star"),
+    "rest-em": ("algorithms.star", "RestEM"),
     "rft": ("algorithms.rft", "RejectionFineTuning"),
     "prompt-tuning": ("algorithms.prompt_tuning", "PromptTuning"),
     "cot-sft": ("algorithms.cot_sft", "CotSFT"),

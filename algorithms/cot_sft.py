@@ -1,5 +1,5 @@
 """CoT supervised fine-tuning on gold rationales: the "CoT prompt tuning on human
-rationales" baseline of trice-spec.md §5 (GSM8K's human solutions; the procedural
+rationales" baseline of docs/algorithms.md §5 (GSM8K's human solutions; the procedural
 arithmetic task's worked steps).
 
 Maximise Σ_n log p_θ(z_n | x_n) where x_n is the un-hinted CoT prompt
@@ -23,14 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig
+from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
 
 
 @dataclass
 class CotSftConfig(AlgorithmConfig):
     """``batch_size`` is M, the examples per step."""
 
-    append_eos: bool = True  # the target rationale ends with the EOS token
+    append_eos: bool = option(True, "the target rationale ends with the EOS token")
 
 
 class CotSFT(Algorithm):
@@ -51,6 +51,6 @@ class CotSFT(Algorithm):
         super().__init__(policy, task, config, seed)
 
     def step(self) -> dict[str, float]:
-        indices = self.stream.next(self.config.batch_size)
+        indices = self.next_batch()
         rationales = [self.train[i].rationale for i in indices]
         return self.train_on_targets(self.cot_prompts(indices), rationales, append_eos=self.config.append_eos)

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig
+from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
 from trice_rl.policy import Samples
 
 
@@ -45,11 +45,11 @@ from trice_rl.policy import Samples
 class GrpoConfig(AlgorithmConfig):
     """``batch_size`` is M, the prompts per step; a step draws M·G samples."""
 
-    group_size: int = 8  # G samples per prompt
-    scale_rewards: bool = True  # divide the centred reward by the group's std
-    advantage_eps: float = 1e-4  # added to the group std
-    length_normalize: bool = False  # divide each sample's term by its token count
-    kl_coef: float = 0.0  # β of the KL penalty to the base policy (0: off)
+    group_size: int = option(8, "G samples per prompt")
+    scale_rewards: bool = option(True, "divide the centred reward by the group's std")
+    advantage_eps: float = option(1e-4, "added to the group std")
+    length_normalize: bool = option(False, "divide each sample's term by its token count")
+    kl_coef: float = option(0.0, "β of the KL penalty to the base policy (0: off)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,8 +94,11 @@ class GRPO(Algorithm):
         )
 
     # ------------------------------------------------------------------ step
+    def samples_per_example(self) -> int:
+        return self.config.group_size
+
     def step(self) -> dict[str, float]:
-        indices = self.stream.next(self.config.batch_size)
+        indices = self.next_batch()
         samples, rewards = self._draw(indices)
         loss, kl = self._accumulate(indices, samples, rewards)
         grad_norm = self.apply_gradient()

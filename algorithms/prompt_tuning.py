@@ -1,4 +1,4 @@
-"""Direct prompt tuning: the no-chain-of-thought baseline of trice-spec.md §5.
+"""Direct prompt tuning: the no-chain-of-thought baseline of docs/algorithms.md §5.
 
 The model is tuned to answer straight after the question, with no rationale: maximise
 
@@ -25,14 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig
+from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
 
 
 @dataclass
 class PromptTuningConfig(AlgorithmConfig):
     """``batch_size`` is M, the examples per step."""
 
-    append_eos: bool = True  # the target ends with the EOS token
+    append_eos: bool = option(True, "the target ends with the EOS token")
 
 
 class PromptTuning(Algorithm):
@@ -45,7 +45,7 @@ class PromptTuning(Algorithm):
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "grad_norm")
 
     def step(self) -> dict[str, float]:
-        examples = [self.train[i] for i in self.stream.next(self.config.batch_size)]
+        examples = [self.train[i] for i in self.next_batch()]
         prompts = [self.task.direct_prompt(e.question) for e in examples]
         targets = [self.task.direct_completion(e.answer) for e in examples]
         return self.train_on_targets(prompts, targets, append_eos=self.config.append_eos)

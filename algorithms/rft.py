@@ -1,7 +1,8 @@
 """Rejection fine-tuning (RFT): the paper's "4-particle rejection sampling" baseline
-(trice-spec.md §5, Figure 2 of Phan et al. 2023), plus an offline ReST-EM mode.
+(docs/algorithms.md §5, Figure 2 of Phan et al. 2023).  Its offline relative, ReST-EM, is a
+STaR configuration: ``algorithms/star.py``'s ``rest-em``.
 
-**Online mode** (default, ``mode="online"``).  No memory.  Each step takes a minibatch of M
+No memory.  Each step takes a minibatch of M
 examples from the shared order and draws k particles z_1..z_k ~ p_θ(z | x) per example
 (un-hinted CoT prompt, ``particles`` = 4).  Rejection sampling keeps the correct ones: their
 self-normalised average score is an estimate of the posterior expectation
@@ -10,20 +11,12 @@ E_{p_θ(z|x,y)}[∇ log p_θ(z|x)] = ∇ log p_θ(y|x) (the Fisher identity, spe
     g_n = Σ_k c_nk ∇log p_θ(z_nk|x_n) / Σ_k c_nk          (examples with Σ_k c_nk > 0)
     ĝ   = (1/E) Σ_{n: Σ_k c_nk > 0} g_n,  E = #examples of the batch with a correct particle
 
-Normalisation ([UNCERTAIN] in the spec): the mean over the examples that have at least one
+Normalisation (the paper does not say): the mean over the examples that have at least one
 correct particle, like TRICE's 1/K; examples with none contribute nothing (a batch with none
 at all gives a zero gradient, and the optimizer step is still taken and counted).  So every
 particle's coefficient is ``c_nk / (Σ_k c_nk) / E`` (:func:`rft_coefficients`), and only the
 correct particles are scored and back-propagated.  Spec §4: since an example enters only
 when a particle is correct, hard examples are down-weighted relative to TRICE.
-
-**ReST-EM mode** (``mode="rest_em"``, Singh et al. 2023, "Beyond Human Data").  Offline
-rounds: draw ``rest_samples_per_example`` samples for every training example with the
-current model, keep up to ``rest_max_kept_per_example`` distinct correct ones per example,
-then fine-tune *from the base parameters* on the kept set for ``rest_inner_steps`` steps;
-repeat.  That is exactly STaR's loop without rationalization and with a fixed number of
-inner steps, so this mode drives an :class:`algorithms.star.Star` with those settings (its
-state machine, checkpoints and metrics; see ``algorithms/star.py``).
 """
 
 from __future__ import annotations
@@ -34,31 +27,19 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from algorithms.star import Star, StarConfig
-from trice_rl.algorithm import Algorithm, AlgorithmConfig
+from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
 from trice_rl.policy import Samples
-
-MODES = ("online", "rest_em")
-
 
 @dataclass
 class RftConfig(AlgorithmConfig):
-    """``batch_size`` is M, the examples per step (online) or per sampling step (ReST-EM)."""
+    """``batch_size`` is M, the examples per step."""
 
-    particles: int = 4  # k samples per example (online mode)
-    mode: str = "online"  # "online" (4-particle rejection sampling) or "rest_em"
-    rest_samples_per_example: int = 8  # ReST-EM: samples per example and round
-    rest_max_kept_per_example: int = 4  # ReST-EM: cap c on kept correct samples per example
-    rest_inner_steps: int = 40  # ReST-EM: fine-tuning steps per round (from base each round)
-    rest_examples_per_iteration: int | None = None  # ReST-EM: examples per round (None: all)
+    particles: int = option(4, "k samples per example")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mode not in MODES:
-            raise ValueError(f"RftConfig.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("particles", "rest_samples_per_example", "rest_max_kept_per_example", "rest_inner_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RftConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.particles < 1:
+            raise ValueError(f"RftConfig.particles must be at least 1, got {self.particles}")
 
 
 def rft_coefficients(correct: torch.Tensor) -> torch.Tensor:
@@ -93,37 +74,15 @@ class RejectionFineTuning(Algorithm):
 
     def __init__(self, policy, task, config: RftConfig | None = None, seed: int = 0):
         super().__init__(policy, task, config, seed)
-        config = self.config
-        self.offline: Star | None = None
-        if config.mode == "rest_em":
-            self.offline = Star(
-                policy,
-                task,
-                StarConfig(
-                    batch_size=config.batch_size,
-                    lr=config.lr,
-                    weight_decay=config.weight_decay,
-                    max_grad_norm=config.max_grad_norm,
-                    max_new_tokens=config.max_new_tokens,
-                    rationalize=False,
-                    restart_from_base=True,
-                    initial_inner_steps=config.rest_inner_steps,
-                    inner_steps_growth=1.0,
-                    examples_per_iteration=config.rest_examples_per_iteration,
-                    samples_per_example=config.rest_samples_per_example,
-                    max_kept_per_example=config.rest_max_kept_per_example,
-                ),
-                seed,
-            )
-            self.metric_names = Star.metric_names
         # Whether each example's latest visit drew at least one correct particle.
         self.solved = np.zeros(len(self.train), dtype=bool)
 
     # ------------------------------------------------------------------ step
+    def samples_per_example(self) -> int:
+        return self.config.particles
+
     def step(self) -> dict[str, float]:
-        if self.offline is not None:
-            return self.offline.step()
-        indices = self.stream.next(self.config.batch_size)
+        indices = self.next_batch()
         samples, correct = self._draw(indices)
         loss = self._accumulate(indices, samples, correct)
         grad_norm = self.apply_gradient()
@@ -154,31 +113,19 @@ class RejectionFineTuning(Algorithm):
         return self.policy.accumulate_gradient(prompts, completions, coefficients[rows])
 
     def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor | None:
-        """One draw of the online estimator at the current parameters (fresh particles, no
-        optimizer step); ``None`` in ReST-EM mode (see Star.estimate_gradient)."""
-        if self.offline is not None:
-            return None
+        """One draw of the estimator at the current parameters (fresh particles, no
+        optimizer step)."""
         samples, correct = self._draw(indices)
         self._accumulate(indices, samples, correct)
         return self.flat_gradient()
 
     def solved_examples(self) -> np.ndarray:
-        return self.solved.copy() if self.offline is None else self.offline.solved_examples()
+        return self.solved.copy()
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        if self.offline is not None:
-            return {"steps_done": self.steps_done, "offline": self.offline.state_dict()}
         return super().state_dict() | {"solved": self.solved.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.offline is not None:
-            if "offline" not in state:
-                raise ValueError("this checkpoint is from an online rft run, but mode='rest_em'")
-            self.steps_done = int(state["steps_done"])
-            self.offline.load_state_dict(state["offline"])
-            return
-        if "offline" in state:
-            raise ValueError("this checkpoint is from a rest_em rft run, but mode='online'")
         super().load_state_dict(state)
         self.solved = np.asarray(state["solved"], dtype=bool).copy()

@@ -1,5 +1,5 @@
 """STaR: the Self-Taught Reasoner (Zelikman, Wu, Mu and Goodman, NeurIPS 2022), with
-rationalization.  The baseline of trice-spec.md §5.
+rationalization.  The baseline of docs/algorithms.md §5.
 
 STaR alternates two phases, one outer *iteration* at a time:
 
@@ -22,7 +22,7 @@ a small state machine: either one sampling pass over a chunk of examples (``phas
 run between any two of them, and a checkpoint holds only the kept set (example index and
 token ids per rationale), the counters and, for restarts, the base parameters.
 
-Choices where STaR / the spec leave room ([UNCERTAIN] in trice-spec.md §5):
+Choices where STaR leaves room (docs/algorithms.md §5):
 
 * An iteration visits ``examples_per_iteration`` examples (default: the whole training
   split) in the shared minibatch order (``self.stream``), so iteration t with the default
@@ -37,9 +37,10 @@ Choices where STaR / the spec leave room ([UNCERTAIN] in trice-spec.md §5):
 * Sampled rationales are trained on by their exact token ids, which include the EOS token
   (or the stop string) that ended them: the model learns where to stop.
 * ``samples_per_example`` > 1 and ``max_kept_per_example`` generalise STaR's one sample
-  per example; the distinct correct samples (by token ids) are kept, up to the cap.  The
-  ReST-EM mode of ``algorithms/rft.py`` is this class with many samples, a cap, no
-  rationalization and a fixed number of inner steps.
+  per example; the distinct correct samples (by token ids) are kept, up to the cap.
+  ReST-EM (``rest-em``, :class:`RestEM`; Singh et al. 2023, "Beyond Human Data") is this
+  class with 8 samples per example, at most 4 kept, no rationalization and a fixed 40 inner
+  steps per round, each round from the base parameters.
 * An iteration whose kept set is empty skips fine-tuning (there is nothing to train on; the
   parameters stay as they are) and moves on to the next iteration.
 * :meth:`Star.estimate_gradient` returns ``None``: STaR's update is a deterministic
@@ -63,7 +64,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig, MinibatchStream
+from trice_rl.algorithm import Algorithm, AlgorithmConfig, MinibatchStream, option
 
 PHASES = ("sample", "train")
 
@@ -76,18 +77,19 @@ class StarConfig(AlgorithmConfig):
     ``sample_chunk_size`` is set, the number of examples per sampling step.
     """
 
-    rationalize: bool = True  # retry failures with the answer hint (trained without it)
-    restart_from_base: bool = True  # each iteration fine-tunes from the base parameters
-    initial_inner_steps: int = 40  # optimizer steps of iteration 0 (STaR: 40)
-    inner_steps_growth: float = 1.2  # inner steps grow by this factor per iteration
-    # Cap on an iteration's inner steps (None: none, as STaR).  Uncapped growth makes a
-    # long run's cost explode: the ~60 iterations of 16,000 samples over 150 examples would
-    # take tens of millions of steps.
-    max_inner_steps: int | None = None
-    examples_per_iteration: int | None = None  # None: the whole training split
-    sample_chunk_size: int | None = None  # examples per sampling step; None: batch_size
-    samples_per_example: int = 1  # un-hinted (and hinted) samples per example
-    max_kept_per_example: int = 1  # distinct correct rationales kept per example
+    rationalize: bool = option(True, "retry failures with the answer hint (trained without it)")
+    restart_from_base: bool = option(True, "each iteration fine-tunes from the base parameters")
+    initial_inner_steps: int = option(40, "optimizer steps of iteration 0 (STaR: 40)")
+    inner_steps_growth: float = option(1.2, "inner steps grow by this factor per iteration")
+    # Cap on an iteration's inner steps (None: none, as STaR).  Uncapped growth never ends
+    # a long run: 6,400 samples over 150 examples are ~40 iterations, and 40·1.2^40 inner
+    # steps.  The cap (5x the initial 40, reached at iteration 9) is logged per row as
+    # ``planned_inner_steps``.
+    max_inner_steps: int | None = option(200, "cap on an iteration's fine-tuning steps (null: none, as STaR)")
+    examples_per_iteration: int | None = option(None, "None: the whole training split")
+    sample_chunk_size: int | None = option(None, "examples per sampling step; None: batch_size")
+    samples_per_example: int = option(1, "un-hinted (and hinted) samples per example")
+    max_kept_per_example: int = option(1, "distinct correct rationales kept per example")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,6 +124,7 @@ class Star(Algorithm):
         "kept_size",
         "iteration",
         "inner_step",
+        "planned_inner_steps",
         "loss",
         "grad_norm",
     )
@@ -158,11 +161,28 @@ class Star(Algorithm):
             return self._sample_step()
         return self._train_step()
 
+    def samples_per_example(self) -> int:
+        """A sampling step draws n samples per example and, to rationalize a failure, n more."""
+        if self.phase == "train":
+            return 0
+        return self.config.samples_per_example * (2 if self.config.rationalize else 1)
+
+    def wrap_up(self) -> bool:
+        """The samples budget is spent: fine-tune on what this iteration has kept so far
+        (never end on the previous iteration's model with paid samples thrown away)."""
+        if self.phase == "sample" and self.kept_index:
+            self._begin_training()
+        return self.phase == "train"
+
+    def _begin_training(self) -> None:
+        self.phase = "train"
+        self.kept_stream = MinibatchStream(len(self.kept_index), self._kept_seed())
+
     def _sample_step(self) -> dict[str, float]:
         """Sample one chunk of examples, rationalize its failures, extend the kept set."""
         config = self.config
         n = config.samples_per_example
-        indices = self.stream.next(min(self.chunk_size, self.examples_per_iteration - self.examples_seen))
+        indices = self.next_batch(min(self.chunk_size, self.examples_per_iteration - self.examples_seen))
         samples = self.sample(self.cot_prompts(indices), n=n)
         correct = self.correct(samples, indices).reshape(len(indices), n)
         kept = self._keep(indices, samples.token_ids, correct, rationalized=False)
@@ -191,8 +211,7 @@ class Star(Algorithm):
         }
         if self.examples_seen >= self.examples_per_iteration:
             if self.kept_index:
-                self.phase = "train"
-                self.kept_stream = MinibatchStream(len(self.kept_index), self._kept_seed())
+                self._begin_training()
             else:  # nothing to fine-tune on: keep the parameters, sample again
                 self.iteration += 1
                 self._start_iteration()
@@ -222,15 +241,20 @@ class Star(Algorithm):
     def _train_step(self) -> dict[str, float]:
         """One supervised step on the kept set: minimise mean -log p(z | x), un-hinted x."""
         config = self.config
-        if self.inner_step == 0 and config.restart_from_base:
-            self.policy.load_tunable_state_dict(self.base_state)
-            self.optimizer = self.make_optimizer()
+        if self.inner_step == 0:
+            if config.restart_from_base:
+                self.policy.load_tunable_state_dict(self.base_state)
+                self.optimizer = self.make_optimizer()
+            # A learning-rate schedule spans one iteration's fine-tuning.
+            self.schedule_step = 0
+            self.schedule_horizon = config.schedule_steps or self.inner_steps()
         batch = self.kept_stream.next(min(config.batch_size, len(self.kept_index)))
         prompts = self.cot_prompts([self.kept_index[j] for j in batch])
         completions = [self.kept_tokens[j] for j in batch]
         metrics = self.supervised_step(prompts, completions) | {
             "iteration": float(self.iteration),
             "inner_step": float(self.inner_step),
+            "planned_inner_steps": float(self.inner_steps()),
             "kept_size": float(len(self.kept_index)),
         }
         self.inner_step += 1
@@ -251,6 +275,9 @@ class Star(Algorithm):
 
     def solved_examples(self) -> np.ndarray:
         return self.solved.copy()
+
+    def held_rationales(self) -> tuple[list[int], list[list[int]]]:
+        return list(self.kept_index), [list(ids) for ids in self.kept_tokens]
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -289,3 +316,21 @@ class Star(Algorithm):
             self.kept_stream.load_state_dict(state["kept_stream"])
         if state.get("base_state") is not None:
             self.base_state = state["base_state"]
+
+
+@dataclass
+class RestEMConfig(StarConfig):
+    """ReST-EM's settings: STaR without rationalization, several samples per example with a
+    cap on the kept ones, and the same number of inner steps every round."""
+
+    rationalize: bool = False
+    inner_steps_growth: float = 1.0
+    samples_per_example: int = 8
+    max_kept_per_example: int = 4
+
+
+class RestEM(Star):
+    """ReST-EM (``rest-em``): offline rounds of sampling and fine-tuning from the base."""
+
+    name: ClassVar[str] = "rest-em"
+    Config: ClassVar[type] = RestEMConfig

@@ -1,7 +1,7 @@
 """TRICE: Tuning Rationales with Independence-Chain Expectation-maximization.
 
 Phan et al., "Training Chain-of-Thought via Latent-Variable Inference", NeurIPS 2023.
-The design notes are in ``trice-spec.md``; section numbers (§) below refer to it.
+The notes are in ``docs/algorithms.md``; section numbers (§) below refer to it.
 
 The file opens with the estimator's mathematics as pure torch functions: they take
 booleans (is this rationale correct?), weights and log-probabilities, never a model, so
@@ -29,7 +29,7 @@ posterior (the stationary state of the chains), K is fixed and
 E[estimate] = (1/K) Σ_{m: p(y_m|x_m)>0} ∇_θ log p_θ(y_m|x_m) exactly, with or without the
 control variate; examples with no correct rationale contribute nothing. When a memory entry
 is still incorrect, v_m and K depend on the proposals and the estimator is only
-"essentially" unbiased (§3.4, small print), as in the reference code.
+"essentially" unbiased (§3.4, caveat), as in the reference code.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig
+from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
+from trice_rl.policy import Samples
 
 __all__ = [
     "BETA_EPS",
@@ -52,16 +53,20 @@ __all__ = [
     "systematic_resample",
     "trice_candidates",
     "trice_loss",
+    "choose_replacements",
+    "multi_proposal_weights",
+    "signed_subsample",
     "TriceConfig",
     "Trice",
     "TriceNoCV",
+    "TriceK",
 ]
 
 BETA_EPS = 1e-10
 """Added to the denominator K - 1 of the leave-one-out β (§3.2, as in the reference code)."""
 
 MIN_SUBSAMPLE_WEIGHT = 1e-10
-"""Subsampling weights are clipped below at this value (§3.4 step 1)."""
+"""Subsampling weights are clipped below at this value (§3.4)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -223,6 +228,11 @@ def systematic_resample(
 ) -> torch.Tensor:
     """Indices drawn by systematic resampling in proportion to non-negative weights.
 
+    The subsampled estimator draws candidates ∝ |w| (the magnitudes of their signed
+    weights), which makes it unbiased.  The paper's reference notebook instead passes
+    ``log_softmax(w)`` to a resampler that expects log-probabilities, i.e. it samples
+    ∝ exp(w): a different, biased choice that this code does not copy.
+
     One u ~ U[0, 1) from ``generator`` (the global torch RNG if None); positions
     (u + l)/L for l = 0..L-1; each position picks the index whose slice of the normalised
     CDF contains it. Every index j is picked ⌊Lπ_j⌋ or ⌈Lπ_j⌉ times (π = w/Σw), its
@@ -331,25 +341,134 @@ def trice_loss(logprobs: torch.Tensor, coefficient: torch.Tensor) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------------------
-# 5. The algorithm (§2): memory, one MH step per visit, the estimator, an optimizer step
+# 5. Several proposals per visit (``trice-k``; docs/algorithms.md, "TRICE with k proposals")
 # --------------------------------------------------------------------------------------
+
+
+def choose_replacements(proposal_correct, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which of k proposals replaces each memory entry: one chosen uniformly among the
+    correct ones, -1 where none is.
+
+    Every correct proposal from the prior is an exact draw from the posterior (rejection
+    sampling), so a uniformly chosen one is too, whatever the old entry: the chain's
+    stationary law stays the posterior.  With k = 1 this is :func:`accept_proposals` and
+    draws no random number.
+
+    Args: bool (M, k).  Returns: LongTensor (M,) of proposal indices in [0, k) or -1.
+    """
+    prop = _as_bool(proposal_correct, "proposal_correct")
+    if prop.ndim != 2:
+        raise ValueError(f"proposal_correct must have shape (M, k), got {tuple(prop.shape)}")
+    choice = torch.where(prop.any(-1), prop.to(torch.int64).argmax(-1), torch.full(prop.shape[:1], -1))
+    several = prop.sum(-1) > 1
+    if several.any():
+        device = generator.device if generator is not None else torch.device("cpu")
+        keys = torch.rand(prop.shape, generator=generator, dtype=torch.float64, device=device).to(prop.device)
+        choice = torch.where(several, torch.where(prop, keys, -1.0).argmax(-1), choice)
+    return choice
+
+
+def multi_proposal_weights(memory_correct, proposal_correct, control_variate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed weights of the k-proposal estimator, for the memory entry and each proposal.
+
+    With n_m = Σ_i c̃_mi correct proposals, v_m = c_m OR n_m > 0, K = Σ v and the
+    leave-one-out β_m = Σ_{m'≠m} n_m' / (k(K − 1)), the acceptance rate of the *other*
+    examples' proposals (those of invalid examples are all incorrect):
+
+    * memory entry z_m: ``v [n_m = 0] / K`` (used only when no proposal is correct);
+    * proposal z̃_mi: ``v (c̃_mi / n_m − β_m / k) / K`` (c̃/n read as 0 when n_m = 0).
+
+    The estimate Σ w ∇log p is, per valid example, the mean score of its correct proposals
+    (each a posterior draw), or the memory's when none is, minus the control variate
+    (β_m/k) Σ_i ∇log p(z̃_mi|x_m), whose mean is zero because β_m does not depend on
+    example m's proposals.  With k = 1 these are exactly :func:`trice_weights` (the memory
+    entry after the update is the proposal when it is correct).
+
+    Args: memory_correct bool (..., M), c before the update; proposal_correct bool
+    (..., M, k).  Returns (memory weights (..., M), proposal weights (..., M, k)).
+    """
+    mem = _as_bool(memory_correct, "memory_correct")
+    prop = _as_bool(proposal_correct, "proposal_correct")
+    if prop.shape[:-1] != mem.shape or mem.ndim == 0:
+        raise ValueError(f"proposal_correct must have shape memory_correct.shape + (k,), got {tuple(prop.shape)} and {tuple(mem.shape)}")
+    dtype = torch.get_default_dtype()
+    k = prop.shape[-1]
+    c = prop.to(dtype)
+    n = c.sum(-1)
+    v = (mem | (n > 0)).to(dtype)
+    num_valid = v.sum(-1, keepdim=True)
+    inv_k = torch.where(num_valid > 0, 1 / num_valid.clamp(min=1), torch.zeros_like(num_valid))
+    posterior_part = c / n.clamp(min=1)[..., None]
+    if control_variate:
+        beta = (n.sum(-1, keepdim=True) - n) / (k * (num_valid - 1) + BETA_EPS)
+        posterior_part = posterior_part - beta[..., None] / k
+    w_mem = v * (n == 0).to(dtype) * inv_k
+    w_prop = v[..., None] * posterior_part * inv_k[..., None]
+    return w_mem, w_prop + 0.0  # + 0.0: no negative zeros
+
+
+def signed_subsample(coefficients: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L candidates by systematic resampling ∝ |coefficient|, each with coefficient
+    sign · Σ|coefficient| / L: the expected sum Σ_l coef_l ∇log p(r_l) is exactly the full
+    Σ_j coefficient_j ∇log p(r_j) (every index j is picked L|w_j|/Σ|w| times on average).
+    All-zero coefficients give an empty selection."""
+    coefficients = torch.as_tensor(coefficients)
+    magnitude = coefficients.abs()
+    if not (magnitude > 0).any():
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=coefficients.dtype)
+    num_samples = _positive_int(num_samples, "num_samples")
+    index = systematic_resample(magnitude, num_samples, generator)
+    return index, coefficients.sign()[index] * magnitude.sum() / num_samples
+
+
+# --------------------------------------------------------------------------------------
+# 6. The algorithm (§2): memory, one MH step per visit, the estimator, an optimizer step
+# --------------------------------------------------------------------------------------
+
+MEMORY_INITS = ("upfront", "lazy")
 
 
 @dataclass
 class TriceConfig(AlgorithmConfig):
     """TRICE's settings; the shared ones (batch size M, learning rate, ...) are inherited.
 
-    ``num_gradient_samples`` is L: None (or ≥ 2M) differentiates every candidate with a
-    non-zero weight (the paper's BBH setting, L = 2M); L < 2M turns on the subsampled
-    control-variate estimator of §3.4.  ``hinted_init`` initialises memory by sampling with
-    the answer shown in the prompt (rationalization, §2.2 step 4); without it memory starts
-    from ordinary proposals.
+    ``num_gradient_samples`` is L: None (or ≥ the number of candidates) differentiates every
+    candidate with a non-zero weight (the paper's BBH setting, L = 2M); fewer turns on the
+    subsampled estimator of §3.4.  ``hinted_init`` initialises memory by sampling with the
+    answer shown in the prompt (rationalization, §2.2); without it memory starts from
+    ordinary proposals.  ``memory_init`` "upfront" samples every example's memory before
+    the first step (the paper); "lazy" fills an example's memory on its first visit, with a
+    hinted sample only when that visit's proposals are all incorrect.
     """
 
-    control_variate: bool = True
-    num_gradient_samples: int | None = None
-    hinted_init: bool = True
-    init_batch_size: int = 128
+    control_variate: bool = option(True, "subtract the leave-one-out control variate (§3.2)")
+    num_gradient_samples: int | None = option(None, "differentiate L candidates by systematic resampling (null: all, §3.4)")
+    hinted_init: bool = option(True, "initial memory from the hinted prompt (rationalization, §2.2)")
+    init_batch_size: int = option(128, "examples per sampling call of the up-front memory initialisation")
+    memory_init: str = option("upfront", "upfront (every example before training) or lazy (on first visits, §2.2)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.memory_init not in MEMORY_INITS:
+            raise ValueError(f"{type(self).__name__}.memory_init must be one of {', '.join(MEMORY_INITS)}, got {self.memory_init!r}")
+        if self.num_gradient_samples is not None and self.num_gradient_samples < 1:
+            raise ValueError(f"{type(self).__name__}.num_gradient_samples must be at least 1 (or None), got {self.num_gradient_samples}")
+
+
+@dataclass
+class Visit:
+    """One step's batch after the MH update: what the estimator needs."""
+
+    indices: list[int]
+    prompts: list[str]  # un-hinted CoT prompts: proposals are drawn and scored under them
+    proposals: Samples  # k per example, prompt-major
+    proposal_correct: torch.Tensor  # bool (M, k)
+    memory_correct: torch.Tensor  # bool (M,), before the update
+    replacement: torch.Tensor  # long (M,): the proposal that replaced the entry, or -1
+    updated: list[list[int]]  # the memory entries after the update (token ids)
+
+    def proposal_tokens(self, m: int, i: int) -> list[int]:
+        return self.proposals.token_ids[m * self.proposal_correct.shape[1] + i]
 
 
 class Trice(Algorithm):
@@ -366,69 +485,109 @@ class Trice(Algorithm):
         self.memory_tokens = torch.zeros(num_examples, width, dtype=torch.int32)
         self.memory_lengths = torch.zeros(num_examples, dtype=torch.int32)
         self.memory_correct = torch.zeros(num_examples, dtype=torch.bool)
+        # Whether an example's memory holds a rationale yet (all, after an up-front init).
+        self.memory_filled = torch.zeros(num_examples, dtype=torch.bool)
         self.resample_generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def num_proposals(self) -> int:
+        return 1
+
+    def samples_per_example(self) -> int:
+        """k proposals, and a hinted sample for an example whose memory a lazy init fills."""
+        return self.num_proposals + (self.config.memory_init == "lazy")
 
     # ---------------------------------------------------------------- memory
     def _write_memory(self, indices: Sequence[int], token_ids: Sequence[Sequence[int]], correct: torch.Tensor) -> None:
         for index, ids in zip(indices, token_ids):
             self.memory_tokens[index, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
             self.memory_lengths[index] = len(ids)
-        self.memory_correct[torch.as_tensor(list(indices), dtype=torch.long)] = correct
+        rows = torch.as_tensor(list(indices), dtype=torch.long)
+        self.memory_correct[rows] = correct
+        self.memory_filled[rows] = True
 
-    def _read_memory(self, index: int) -> list[int]:
+    def memory_rationale(self, index: int) -> list[int]:
+        """The token ids of example ``index``'s memory entry."""
         return self.memory_tokens[index, : self.memory_lengths[index]].tolist()
 
+    def _initial_samples(self, indices: Sequence[int]) -> Samples:
+        prompts = self.hinted_prompts(indices) if self.config.hinted_init else self.cot_prompts(indices)
+        return self.sample(prompts)
+
     def setup(self) -> dict[str, float]:
-        """Initial memory: one sample per training example, from the hinted prompt by default
-        (the hint is only ever used here; the rationale is scored without it)."""
-        all_indices = list(range(len(self.train)))
-        for start in range(0, len(all_indices), self.config.init_batch_size):
-            chunk = all_indices[start : start + self.config.init_batch_size]
-            prompts = self.hinted_prompts(chunk) if self.config.hinted_init else self.cot_prompts(chunk)
-            samples = self.sample(prompts)
-            self._write_memory(chunk, samples.token_ids, torch.as_tensor(self.correct(samples, chunk)))
+        """Up-front initial memory: one sample per training example, from the hinted prompt
+        by default (the hint is only ever used here; the rationale is scored without it)."""
+        if self.config.memory_init == "upfront":
+            all_indices = list(range(len(self.train)))
+            for start in range(0, len(all_indices), self.config.init_batch_size):
+                chunk = all_indices[start : start + self.config.init_batch_size]
+                samples = self._initial_samples(chunk)
+                self._write_memory(chunk, samples.token_ids, torch.as_tensor(self.correct(samples, chunk)))
         return {"memory_acc": float(self.memory_correct.float().mean())}
 
-    # ------------------------------------------------------------------ step
-    def _propose(self, indices: Sequence[int]):
-        """One proposal per example from the un-hinted prompt, and the candidate selection."""
-        prompts = self.cot_prompts(indices)
-        proposals = self.sample(prompts)
-        proposal_correct = torch.as_tensor(self.correct(proposals, indices))
-        memory_correct = self.memory_correct[torch.as_tensor(list(indices), dtype=torch.long)]
-        accept = accept_proposals(memory_correct, proposal_correct)
-        updated = [proposals.token_ids[m] if accept[m] else self._read_memory(i) for m, i in enumerate(indices)]
-        return prompts, proposals, proposal_correct, memory_correct, accept, updated
+    def _fill_lazily(self, indices: Sequence[int], proposal_correct: torch.Tensor) -> None:
+        """First visits: an example none of whose proposals is correct gets an initial
+        (hinted) sample as its pre-update memory; the others are filled by the update."""
+        empty = [m for m, i in enumerate(indices) if not self.memory_filled[i] and not proposal_correct[m].any()]
+        if empty:
+            chosen = [indices[m] for m in empty]
+            samples = self._initial_samples(chosen)
+            self._write_memory(chosen, samples.token_ids, torch.as_tensor(self.correct(samples, chosen)))
 
-    def _accumulate(self, prompts, proposals, memory_correct, proposal_correct, updated, generator) -> tuple[int, float]:
-        """Backpropagate the estimator's surrogate loss; returns (#candidates, loss)."""
-        batch = len(prompts)
+    # ------------------------------------------------------------------ step
+    def _propose(self, indices: Sequence[int], generator: torch.Generator) -> Visit:
+        """k proposals per example from the un-hinted prompt, and the MH update (not yet
+        written to memory)."""
+        k = self.num_proposals
+        prompts = self.cot_prompts(indices)
+        proposals = self.sample(prompts, n=k)
+        proposal_correct = torch.as_tensor(self.correct(proposals, indices)).reshape(len(indices), k)
+        if self.config.memory_init == "lazy":
+            self._fill_lazily(indices, proposal_correct)
+        memory_correct = self.memory_correct[torch.as_tensor(list(indices), dtype=torch.long)].clone()
+        replacement = choose_replacements(proposal_correct, generator)
+        updated = [
+            proposals.token_ids[m * k + int(r)] if r >= 0 else self.memory_rationale(i) for m, (i, r) in enumerate(zip(indices, replacement))
+        ]
+        return Visit(list(indices), prompts, proposals, proposal_correct, memory_correct, replacement, updated)
+
+    def _candidates(self, visit: Visit, generator: torch.Generator) -> tuple[list[str], list[list[int]], torch.Tensor]:
+        """The rationales whose scores enter the gradient, their (un-hinted) prompts and
+        coefficients: candidates 0..M-1 are the post-update memory entries, M..2M-1 the
+        proposals (``trice_candidates``)."""
+        batch = len(visit.indices)
         candidate_index, coefficient = trice_candidates(
-            memory_correct,
-            proposal_correct,
+            visit.memory_correct,
+            visit.proposal_correct[:, 0],
             control_variate=self.config.control_variate,
             num_samples=self.config.num_gradient_samples,
             generator=generator,
         )
         candidates = candidate_index.tolist()
-        texts = [updated[j] if j < batch else proposals.token_ids[j - batch] for j in candidates]
-        loss = self.policy.accumulate_gradient([prompts[j % batch] for j in candidates], texts, coefficient)
-        return len(candidates), loss
+        texts = [visit.updated[j] if j < batch else visit.proposal_tokens(j - batch, 0) for j in candidates]
+        return [visit.prompts[j % batch] for j in candidates], texts, coefficient
+
+    def _accumulate(self, visit: Visit, generator: torch.Generator) -> tuple[int, float]:
+        """Backpropagate the estimator's surrogate loss; returns (#candidates, loss)."""
+        prompts, texts, coefficient = self._candidates(visit, generator)
+        return len(texts), self.policy.accumulate_gradient(prompts, texts, coefficient)
 
     def step(self) -> dict[str, float]:
-        indices = self.stream.next(self.config.batch_size)
-        prompts, proposals, proposal_correct, memory_correct, accept, updated = self._propose(indices)
-        num_candidates, loss = self._accumulate(prompts, proposals, memory_correct, proposal_correct, updated, self.resample_generator)
+        visit = self._propose(self.next_batch(), self.resample_generator)
+        num_candidates, loss = self._accumulate(visit, self.resample_generator)
         grad_norm = self.apply_gradient()
-        accepted = [i for m, i in enumerate(indices) if accept[m]]
-        self._write_memory(accepted, [proposals.token_ids[m] for m in range(len(indices)) if accept[m]], torch.ones(len(accepted), dtype=torch.bool))
-        valid = memory_correct | proposal_correct
-        beta = leave_one_out_beta(memory_correct, proposal_correct)
+        accepted = [m for m in range(len(visit.indices)) if visit.replacement[m] >= 0]
+        self._write_memory(
+            [visit.indices[m] for m in accepted], [visit.updated[m] for m in accepted], torch.ones(len(accepted), dtype=torch.bool)
+        )
+        any_correct = visit.proposal_correct.any(-1)
+        valid = visit.memory_correct | any_correct
+        beta = leave_one_out_beta(visit.memory_correct, any_correct)
         return {
-            "train_proposal_acc": float(proposal_correct.float().mean()),
+            "train_proposal_acc": float(visit.proposal_correct.float().mean()),
             "memory_acc": float(self.memory_correct.float().mean()),
             "batch_memory_acc": float(valid.float().mean()),
-            "accept_rate": float(accept.float().mean()),
+            "accept_rate": float(any_correct.float().mean()),
             "beta_mean": float(beta[valid].mean()) if valid.any() else float("nan"),
             "num_candidates": num_candidates,
             "grad_norm": grad_norm,
@@ -436,16 +595,20 @@ class Trice(Algorithm):
         }
 
     def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor:
-        """One draw of the estimator at the current parameters; memory is not written."""
-        prompts, proposals, proposal_correct, memory_correct, _, updated = self._propose(indices)
+        """One draw of the estimator at the current parameters; memory is not written
+        (a lazy first visit's initial sample is, as on a training step)."""
         policy_generator = self.policy.generator
         seed = int(torch.randint(2**31, (1,), generator=policy_generator, device=policy_generator.device))
         generator = torch.Generator().manual_seed(seed)
-        self._accumulate(prompts, proposals, memory_correct, proposal_correct, updated, generator)
+        self._accumulate(self._propose(indices, generator), generator)
         return self.flat_gradient()
 
     def solved_examples(self) -> np.ndarray:
         return self.memory_correct.numpy().copy()
+
+    def held_rationales(self) -> tuple[list[int], list[list[int]]]:
+        indices = torch.nonzero(self.memory_correct).flatten().tolist()
+        return indices, [self.memory_rationale(i) for i in indices]
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -453,6 +616,7 @@ class Trice(Algorithm):
             "memory_tokens": self.memory_tokens.clone(),
             "memory_lengths": self.memory_lengths.clone(),
             "memory_correct": self.memory_correct.clone(),
+            "memory_filled": self.memory_filled.clone(),
             "resample_generator": self.resample_generator.get_state(),
         }
 
@@ -461,6 +625,7 @@ class Trice(Algorithm):
         self.memory_tokens = state["memory_tokens"].clone()
         self.memory_lengths = state["memory_lengths"].clone()
         self.memory_correct = state["memory_correct"].clone()
+        self.memory_filled = state.get("memory_filled", torch.ones_like(self.memory_correct)).clone()
         self.resample_generator.set_state(state["resample_generator"])
 
 
@@ -474,3 +639,44 @@ class TriceNoCV(Trice):
 
     name = "trice-nocv"
     Config = TriceNoCVConfig
+
+
+@dataclass
+class TriceKConfig(TriceConfig):
+    """``num_proposals`` (k) proposals per visited example, charged k samples each;
+    ``num_gradient_samples`` L < k·M + M subsamples the candidates (:func:`signed_subsample`)."""
+
+    num_proposals: int = option(4, "proposals per visited example (k, §3.5)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_proposals < 1:
+            raise ValueError(f"TriceKConfig.num_proposals must be at least 1, got {self.num_proposals}")
+
+
+class TriceK(Trice):
+    """TRICE with k proposals per visit (``trice-k``): the memory entry is replaced by a
+    uniformly chosen correct proposal, and the gradient averages every correct proposal of
+    an example (:func:`multi_proposal_weights`)."""
+
+    name = "trice-k"
+    Config = TriceKConfig
+
+    @property
+    def num_proposals(self) -> int:
+        return self.config.num_proposals
+
+    def _candidates(self, visit: Visit, generator: torch.Generator) -> tuple[list[str], list[list[int]], torch.Tensor]:
+        """Candidates 0..M-1 are the memory entries, M + m·k + i proposal i of example m."""
+        batch, k = visit.proposal_correct.shape
+        w_mem, w_prop = multi_proposal_weights(visit.memory_correct, visit.proposal_correct, self.config.control_variate)
+        weights = torch.cat([w_mem, w_prop.flatten()])
+        if self.config.num_gradient_samples is None or self.config.num_gradient_samples >= len(weights):
+            index = torch.nonzero(weights).squeeze(-1)
+            coefficient = weights[index]
+        else:
+            index, coefficient = signed_subsample(weights, self.config.num_gradient_samples, generator)
+        candidates = index.tolist()
+        texts = [visit.updated[j] if j < batch else visit.proposals.token_ids[j - batch] for j in candidates]
+        examples = [j if j < batch else (j - batch) // k for j in candidates]
+        return [visit.prompts[m] for m in examples], texts, coefficient

@@ -10,14 +10,14 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-# A number token: an optional minus sign (ASCII or U+2212) before or after an optional "$",
-# an integer part with valid thousands grouping or none, an optional decimal part.  It may
-# not continue a word or another number (lookbehind), and may not run on into more digits,
-# a decimal/grouping separator followed by a digit, a fraction bar or an exponent
-# (lookahead): that is what rejects "1,08" (not a grouped number) instead of reading "1".
+# A number token: an optional minus sign (ASCII or U+2212) before or after an optional "$"
+# (or LaTeX's "\$"), an integer part with valid thousands grouping or none, an optional
+# decimal part.  It may not continue a word or another number (lookbehind), and may not run
+# on into more digits, a decimal/grouping separator followed by a digit, a fraction bar or an
+# exponent (lookahead): that is what rejects "1,08" (not a grouped number) instead of "1".
 _NUMBER = re.compile(
     r"(?<![0-9A-Za-z.,])"
-    r"(?:(?P<sign>[-\u2212])\$?|\$(?P<sign_after_dollar>[-\u2212])?)?"
+    r"(?:(?P<sign>[-\u2212])(?:\\?\$)?|\\?\$(?P<sign_after_dollar>[-\u2212])?)?"
     r"(?P<integer>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)"
     r"(?:\.(?P<fraction>[0-9]+))?"
     r"(?![0-9]|[.,/][0-9]|[eE][-+]?[0-9])"

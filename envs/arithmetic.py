@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Sequence
 
@@ -183,5 +184,18 @@ class ArithmeticTask(Task):
     def normalize(self, answer: str) -> str | None:
         return normalize_number(answer)
 
+    def gold_rationale(self, question: str) -> str | None:
+        """The worked steps of a question of this task's form ("What is 3 + 8 modulo 10?")."""
+        match = _QUESTION.match(question)
+        if not match:
+            return None
+        tokens = match["terms"].split()
+        if len(tokens) < 3 or len(tokens) % 2 == 0 or not all(t.isdigit() for t in tokens[::2]) or set(tokens[1::2]) - set(_OPERATIONS):
+            return None
+        chain = Chain(tuple(int(t) for t in tokens[::2]), tuple(tokens[1::2]), int(match["modulus"]))
+        return write_rationale(chain.steps())
+
+
+_QUESTION = re.compile(r"^What is (?P<terms>.+) modulo (?P<modulus>\d+)\?$")
 
 register_task("trice_rl/Arithmetic-v0", ArithmeticTask)

@@ -25,10 +25,21 @@ HINTED_TEMPLATE = "Question: {question}\nAnswer: The answer is {answer}. Let's t
 DIRECT_TEMPLATE = "Question: {question}\nAnswer: The answer is "
 FEW_SHOT_SEPARATOR = "\n\n"
 
-# The last "the answer is X" in a completion wins; X runs to the end of its line or to the
-# next "the answer is" on it (so a second statement on the same line is found too), and one
-# trailing full stop (the sentence end) is dropped by ``Task.clean_answer``.
-_ANSWER_IS = re.compile(r"the answer is\s*((?:(?!the answer is)[^\n])*)", re.IGNORECASE)
+# Answer statements (the rules: ``Task.extract_answer``).  "the answer is X": X runs to the
+# end of its line or to the next "the answer is" on it (so a second statement on the same
+# line is found too); a colon after "is" is skipped.  "\boxed{X}": X may hold one level of
+# braces ("\boxed{\text{(D)}}").
+_ANSWER_IS = re.compile(r"the answer is\s*:?((?:(?!the answer is)[^\n])*)", re.IGNORECASE)
+_BRACED = r"\{((?:[^{}]|\{[^{}]*\})*)\}"
+_BOXED = re.compile(r"\\boxed\s*" + _BRACED)
+# Markup that wraps a whole answer: \boxed{X}, \text{X} (and kin), \(X\), \[X\].
+_WRAPPED = re.compile(
+    r"\\(?:boxed|text|textbf|mathrm|mathbf)\s*" + _BRACED + r"|\\\(((?:(?!\\\)).)*)\\\)|\\\[((?:(?!\\\]).)*)\\\]",
+    re.DOTALL,
+)
+# Stripped from both ends of an answer (bold, code, quotes, math dollars); full stops (the
+# sentence's end) are stripped from its end only.
+_EDGE_MARKUP = string.whitespace + "*`\"'$"
 
 MAX_COMPLETION_CHARS = 100_000
 
@@ -46,32 +57,56 @@ class Example:
     rationale: str | None = None
 
 
+def question_key(question: str) -> str:
+    """A question's text with whitespace collapsed: two questions that differ only in spacing
+    are the same item (for keeping splits and pre-training corpora disjoint)."""
+    return " ".join(question.split())
+
+
 class DataError(ValueError):
     """A data file is missing or malformed; the message names the file, line and field."""
 
 
-_DATA_LAYOUT = (
+DATA_LAYOUT = (
     "a folder laid out as gsm8k/train.jsonl, gsm8k/test.jsonl, bbh/<task>.json, "
     "bbh/cot-prompts/<task>.txt (GSM8K: github.com/openai/grade-school-math, BIG-Bench Hard: "
     "github.com/suzgunmirac/BIG-Bench-Hard)"
 )
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
-    """``data_dir`` if given, else ``$TRICE_RL_DATA``; an error says how to set either."""
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """``data_dir`` if given, else ``$TRICE_RL_DATA``; ``None`` means the files download themselves."""
     if data_dir is None:
         data_dir = os.environ.get("TRICE_RL_DATA")
-    if not data_dir:
-        raise DataError(f"no data folder given: pass data_dir=... or set TRICE_RL_DATA to {_DATA_LAYOUT}")
-    return Path(data_dir).expanduser()
+    return Path(data_dir).expanduser() if data_dir else None
 
 
 def data_file(data_dir: str | os.PathLike | None, relative: str) -> Path:
-    """The file ``relative`` inside the data folder; a DataError names it when it is missing."""
-    path = resolve_data_dir(data_dir) / relative
+    """The file ``relative`` in the user's data folder, or else the verified download cache's
+    copy (:mod:`envs.download`); a DataError names a file the user's folder lacks."""
+    folder = resolve_data_dir(data_dir)
+    if folder is None:
+        from envs.download import fetch  # envs.download imports this module
+
+        return fetch(relative)
+    path = folder / relative
     if not path.is_file():
-        raise DataError(f"missing data file {path}: data_dir (or TRICE_RL_DATA) must be {_DATA_LAYOUT}")
+        raise DataError(f"missing data file {path}: data_dir (or TRICE_RL_DATA) must be {DATA_LAYOUT}")
     return path
+
+
+def read_data_text(path: Path) -> str:
+    """The file's UTF-8 text; a DataError names the line and column of a byte that is not UTF-8
+    (Python's own error names neither the file nor the line)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - raw.rfind(b"\n", 0, error.start)
+        raise DataError(
+            f"{path}, line {line} column {column}: byte 0x{raw[error.start]:02x} is not UTF-8 (expected UTF-8 text)"
+        ) from None
 
 
 class Task:
@@ -107,6 +142,26 @@ class Task:
     def has_rationales(self, split: str = "train") -> bool:
         return all(example.rationale is not None for example in self.examples(split))
 
+    # --------------------------------------------------------- rationale steps
+    def gold_rationale(self, question: str) -> str | None:
+        """The fully worked rationale of a question, where the task can derive it (the
+        procedural tasks); ``None`` where it cannot."""
+        return None
+
+    def cut_at_stop(self, text: str) -> str:
+        """A completion's text up to the first of :attr:`stop_strings` (as decoding cuts it)."""
+        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
+        return text[:cut] if cut >= 0 else text
+
+    def steps_right(self, questions: Sequence[str], completions: Sequence[str]) -> np.ndarray | None:
+        """Per completion, whether its every step is right: its text (whitespace collapsed)
+        is the gold rationale.  A right answer from wrong steps is right by luck; ``None``
+        where the task has no gold rationales."""
+        golds = [self.gold_rationale(q) for q in questions]
+        if any(gold is None for gold in golds):
+            return None
+        return np.array([question_key(c) == question_key(g) for c, g in zip(completions, golds)], dtype=bool)
+
     # ------------------------------------------------------------------ prompts
     def cot_prompt(self, question: str) -> str:
         return self.few_shot_prefix + COT_TEMPLATE.format(question=question)
@@ -132,21 +187,32 @@ class Task:
 
     @staticmethod
     def clean_answer(text: str) -> str:
-        text = text.strip()
-        if text.endswith("."):
-            text = text[:-1]
-        return text.strip().strip(string.whitespace + "*`\"'")
+        """``text`` without the markup that models put around an answer: whitespace, trailing
+        full stops, **bold**, `code`, quotes, $...$, \\(...\\), \\[...\\], \\boxed{...},
+        \\text{...}, also nested."""
+        while True:
+            stripped = text.lstrip(_EDGE_MARKUP).rstrip(_EDGE_MARKUP + ".")
+            wrapped = _WRAPPED.fullmatch(stripped)
+            if wrapped:
+                stripped = next(group for group in wrapped.groups() if group is not None)
+            if stripped == text:
+                return text
+            text = stripped
 
     def extract_answer(self, completion: str) -> str | None:
-        """The normalised answer that a completion states, or ``None``.
+        """The normalised answer that a completion states, or ``None``; one rule set for
+        every task (README, "Answer extraction").
 
-        The last "the answer is X" wins; without any, :meth:`fallback_answer` decides.
+        A statement is "the answer is X" (any case, an optional colon) or "\\boxed{X}"; the
+        last statement whose :meth:`clean_answer`-ed X :meth:`normalize` accepts wins, and a
+        completion whose statements are all invalid has no answer.  Without any statement,
+        :meth:`fallback_answer` decides.
         """
         completion = completion[-MAX_COMPLETION_CHARS:]
-        matches = _ANSWER_IS.findall(completion)
-        if not matches:
+        found = [(m.start(1), m[1]) for pattern in (_ANSWER_IS, _BOXED) for m in pattern.finditer(completion)]
+        if not found:
             return self.fallback_answer(completion)
-        for candidate in reversed(matches):
+        for _, candidate in sorted(found, reverse=True):
             normalized = self.normalize(self.clean_answer(candidate))
             if normalized is not None:
                 return normalized

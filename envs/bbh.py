@@ -46,7 +46,17 @@ import re
 import numpy as np
 
 from envs.answers import normalize_number
-from envs.base import COT_TEMPLATE, FEW_SHOT_SEPARATOR, DataError, Example, Task, data_file, register_task
+from envs.base import (
+    COT_TEMPLATE,
+    FEW_SHOT_SEPARATOR,
+    DataError,
+    Example,
+    Task,
+    data_file,
+    question_key,
+    read_data_text,
+    register_task,
+)
 
 BBH_TASKS = (
     "boolean_expressions",
@@ -89,6 +99,7 @@ _LABELS = {
 }
 _INTEGER_TASKS = ("multistep_arithmetic_two", "object_counting")
 PROCEDURAL_TASKS = ("boolean_expressions", "multistep_arithmetic_two")
+_EXPECTED_ITEM = "an object with string fields 'input' and 'target'"
 
 TRAIN_FRACTION = 0.6
 # Procedural validation questions come from generator indices starting here, so they never
@@ -126,10 +137,6 @@ def _dyck(answer: str) -> str | None:
     return brackets if brackets and set(brackets) <= _BRACKETS else None
 
 
-def _same_question_key(question: str) -> str:
-    return " ".join(question.split())
-
-
 class BBHTask(Task):
     """One BIG-Bench Hard task.
 
@@ -148,9 +155,10 @@ class BBHTask(Task):
     The test split is then all real items, in file order.
 
     Arguments: ``task_name`` (one of :data:`BBH_TASKS`), ``data_dir`` (default
-    ``$TRICE_RL_DATA``), ``few_shot`` (prepend the task's 3 CoT exemplars), ``train_source``
-    (``"real"`` or ``"procedural"``), ``seed`` (split seed for real data, generator seed for
-    procedural data), ``num_train`` and ``num_validation`` (procedural only).
+    ``$TRICE_RL_DATA``, else the download cache of :mod:`envs.download`), ``few_shot``
+    (prepend the task's 3 CoT exemplars), ``train_source`` (``"real"`` or ``"procedural"``),
+    ``seed`` (split seed for real data, generator seed for procedural data), ``num_train`` and
+    ``num_validation`` (procedural only).
     """
 
     def __init__(
@@ -204,27 +212,41 @@ class BBHTask(Task):
     def _real_examples(self) -> list[Example]:
         path = data_file(self.data_dir, f"bbh/{self.task_name}.json")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_data_text(path))
         except json.JSONDecodeError as error:
             raise DataError(f"{path}, line {error.lineno} column {error.colno}: not valid JSON ({error.msg})") from None
         if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
-            raise DataError(f"{path}: field 'examples' is missing or not a list")
-        examples = []
-        for i, item in enumerate(data["examples"]):
-            for field in ("input", "target"):
-                if not isinstance(item, dict) or not isinstance(item.get(field), str):
-                    raise DataError(f"{path}, examples[{i}]: field {field!r} is missing or not a string")
-            examples.append(Example(question=item["input"], answer=item["target"]))
+            raise DataError(f"{path}: field 'examples' is missing or not a list (of items, each {_EXPECTED_ITEM})")
+        examples = [self._real_example(f"{path}, examples[{i}]", item) for i, item in enumerate(data["examples"])]
+        # The 60/40 split needs two items for a non-empty test split; procedural tests on all.
+        minimum = 1 if self.train_source == "procedural" else 2
+        if len(examples) < minimum:
+            raise DataError(
+                f"{path}: field 'examples' has {len(examples)} item(s), expected at least {minimum} "
+                f"(each {_EXPECTED_ITEM}), so that no split is empty"
+            )
         return examples
+
+    def _real_example(self, where: str, item: object) -> Example:
+        """One item of the task file (the files are one line each, so ``where`` names its index)."""
+        for field in ("input", "target"):
+            if not isinstance(item, dict) or not isinstance(item.get(field), str):
+                raise DataError(f"{where}: field {field!r} is missing or not a string (expected {_EXPECTED_ITEM})")
+        if self.normalize(item["target"]) is None:
+            raise DataError(
+                f"{where}: field 'target' is {item['target']!r}, not an answer in {self.task_name}'s format "
+                "(no completion could ever match it)"
+            )
+        return Example(question=item["input"], answer=item["target"])
 
     def _procedural(self, split: str, real: list[Example]) -> list[Example]:
         generate = getattr(importlib.import_module("envs.procedural_bbh"), f"generate_{self.task_name}")
-        taken = {_same_question_key(example.question) for example in real}
+        taken = {question_key(example.question) for example in real}
         if split == "train":
             start, count = 0, self.num_train
         else:
             start, count = VALIDATION_INDEX_OFFSET, self.num_validation
-            taken |= {_same_question_key(example.question) for example in self.examples("train")}
+            taken |= {question_key(example.question) for example in self.examples("train")}
         examples: list[Example] = []
         index, max_draws = start, 100 * count + 1000  # only a broken generator repeats this much
         while len(examples) < count:
@@ -235,7 +257,7 @@ class BBHTask(Task):
                     "be used up (boolean_expressions has 2,122): lower num_train or num_validation"
                 )
             example = generate(index, self.seed)
-            if _same_question_key(example.question) not in taken:
+            if question_key(example.question) not in taken:
                 examples.append(example)
             index += 1
         return examples
@@ -244,7 +266,7 @@ class BBHTask(Task):
         """(question, rationale) pairs of the CoT prompt file, after its canary, separator and
         task-description lines."""
         path = data_file(self.data_dir, f"bbh/cot-prompts/{self.task_name}.txt")
-        lines = path.read_text(encoding="utf-8").split("\n", 3)
+        lines = read_data_text(path).split("\n", 3)
         body = lines[3] if len(lines) == 4 else ""
         exemplars = [(m["question"], m["rationale"]) for m in _EXEMPLAR.finditer(body)]
         if not exemplars:
@@ -252,6 +274,12 @@ class BBHTask(Task):
                 f"{path}: no exemplars of the form \"Q: ...\\nA: Let's think step by step. ...\" after line 3"
             )
         return exemplars
+
+    def gold_rationale(self, question: str) -> str | None:
+        """Worked steps for the tasks whose questions the procedural generators can solve."""
+        if self.task_name not in PROCEDURAL_TASKS:
+            return None
+        return importlib.import_module("envs.procedural_bbh").gold_rationale(self.task_name, question)
 
     # ------------------------------------------------------------------ answers
     def normalize(self, answer: str) -> str | None:

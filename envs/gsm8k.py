@@ -25,7 +25,8 @@ After the single step.
 
 ## Arguments
 ``gymnasium.make("trice_rl/GSM8K-v0", data_dir=None, split="train", prompt="cot")``;
-``data_dir`` defaults to ``$TRICE_RL_DATA``.
+``data_dir`` defaults to ``$TRICE_RL_DATA``; without either the files are downloaded from
+the upstream repository, verified and cached (:mod:`envs.download`).
 """
 
 from __future__ import annotations
@@ -35,17 +36,18 @@ import os
 import re
 
 from envs.answers import last_number, normalize_number
-from envs.base import DataError, Example, Task, data_file, register_task
+from envs.base import DataError, Example, Task, data_file, read_data_text, register_task
 
 _CALCULATOR_ANNOTATION = re.compile(r"<<.*?>>")
 _FINAL_ANSWER_MARKER = "#### "
+_EXPECTED_RECORD = "an object with string fields 'question' and 'answer'"
 
 
 class GSM8KTask(Task):
     """GSM8K: the standard train/test files, numeric answers, gold rationales for every example.
 
-    ``data_dir`` defaults to ``$TRICE_RL_DATA``.  The target is the text after the last
-    ``#### `` with commas removed (``"1080"``); answers compare by
+    ``data_dir`` defaults to ``$TRICE_RL_DATA``, else the download cache.  The target is the
+    text after the last ``#### `` with commas removed (``"1080"``); answers compare by
     :func:`envs.answers.normalize_number`, and a completion without "the answer is" is read
     by its last number, since models trained on GSM8K often just end on the result.
     """
@@ -58,20 +60,30 @@ class GSM8KTask(Task):
 
     def load_split(self, split: str) -> list[Example]:
         path = data_file(self.data_dir, f"gsm8k/{split}.jsonl")
-        examples = []
-        with path.open(encoding="utf-8") as lines:
-            for line_number, line in enumerate(lines, start=1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from None
-                for field in ("question", "answer"):
-                    if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                        raise DataError(f"{path}, line {line_number}: field {field!r} is missing or not a string")
-                if _FINAL_ANSWER_MARKER not in record["answer"]:
-                    raise DataError(f"{path}, line {line_number}: field 'answer' has no '{_FINAL_ANSWER_MARKER}' line")
-                examples.append(self._example(record["question"], record["answer"]))
-        return examples
+        lines = read_data_text(path).split("\n")
+        if lines[-1] == "":
+            lines.pop()  # what follows the newline that ends the last line
+        if not lines:
+            raise DataError(f"{path}: no examples (expected one JSON object per line, {_EXPECTED_RECORD})")
+        return [self._parse_line(f"{path}, line {number}", line) for number, line in enumerate(lines, start=1)]
+
+    def _parse_line(self, where: str, line: str) -> Example:
+        """One line's example; ``where`` (file and line) starts every error message."""
+        if not line.strip():
+            raise DataError(f"{where}: empty line (expected one JSON object per line, {_EXPECTED_RECORD})")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+        for field in ("question", "answer"):
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise DataError(f"{where}: field {field!r} is missing or not a string (expected {_EXPECTED_RECORD})")
+        if _FINAL_ANSWER_MARKER not in record["answer"]:
+            raise DataError(f"{where}: field 'answer' has no '{_FINAL_ANSWER_MARKER}' line (expected it to end with '#### N')")
+        example = self._example(record["question"], record["answer"])
+        if self.normalize(example.answer) is None:
+            raise DataError(f"{where}: field 'answer' ends in '{_FINAL_ANSWER_MARKER}{example.answer}', expected a number")
+        return example
 
     def _example(self, question: str, solution: str) -> Example:
         """The target (text after the last ``#### ``, commas removed) and the gold rationale."""

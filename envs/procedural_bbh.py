@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -234,3 +235,27 @@ def generate_multistep_arithmetic_two(index: int, seed: int) -> Example:
     left, middle, right = draw_multistep(np.random.default_rng([seed, index]))
     rationale, answer = multistep_rationale(left, middle, right)
     return Example(multistep_question(left, middle, right), str(answer), rationale)
+
+
+# ------------------------------------------------------------------ gold rationales
+_MULTISTEP_QUESTION = re.compile(r"^\(\((?P<left>[^()]+)\) (?P<middle>[-+*]) \((?P<right>[^()]+)\)\) =$")
+
+
+def _terms(text: str) -> list[int | str]:
+    tokens = text.split()
+    return [int(token) if i % 2 == 0 else token for i, token in enumerate(tokens)]
+
+
+def gold_rationale(task_name: str, question: str) -> str | None:
+    """The worked rationale of a boolean_expressions or multistep_arithmetic_two question
+    (generated or real: they share one format), in the generator's format; ``None`` for
+    other tasks or a question of another shape."""
+    try:
+        if task_name == "boolean_expressions" and question.endswith(" is"):
+            return boolean_rationale(boolean_reductions(question[: -len(" is")]))
+        match = _MULTISTEP_QUESTION.match(question.strip())
+        if task_name == "multistep_arithmetic_two" and match:
+            return multistep_rationale(_terms(match["left"]), match["middle"], _terms(match["right"]))[0]
+    except (ValueError, IndexError, KeyError):
+        return None
+    return None

@@ -2,6 +2,7 @@
 budget, with its learning rate chosen on a validation split, over several seeds.
 
     python experiments/benchmark.py                  # the "quick" preset: three settings, 640 samples per run
+    python experiments/benchmark.py --preset paper   # 300 steps of 32 over 150 examples, 8 evaluations per run
     python experiments/benchmark.py --preset full    # the sizes of the paper's BBH runs
     python experiments/benchmark.py --settings arithmetic --methods trice,rft --seeds 0
     python experiments/benchmark.py --preset smoke   # seconds, tiny models (the tests use it)
@@ -23,10 +24,14 @@ Per setting (a task and the built-in model of its family):
    same number of samples and our ``grpo``'s chosen learning rate, once per seed: its test
    accuracy and its wall time per sample next to ours.
 
-Every method draws 32 samples per optimizer step (TRICE: 32 examples × 1 proposal; rft: 8
-× 4 particles; GRPO: 4 prompts × 8; the supervised methods are charged one sample per
-target), so an equal sample budget is also an equal number of optimizer steps, except for
-STaR, whose fine-tuning phases draw no samples (capped at 200 steps per iteration).
+Every method draws 32 samples per optimizer step (TRICE: 32 examples × 1 proposal;
+trice-k and rft: 8 × 4; GRPO: 4 prompts × 8; the supervised methods are charged one sample
+per target), so an equal sample budget is also an equal number of optimizer steps, except
+for STaR, whose fine-tuning phases draw no samples (capped at 200 steps per iteration).
+Training compute differs, so every result is reported twice: at the end of the samples
+budget, and at equal training FLOPs (``eval_acc_greedy_at_matched_train_flops``: per
+setting and seed, the last evaluation of each chosen run at or before the largest training
+FLOPs that every sampling method reached; a reading of the curves, not a separate run).
 
 Writes into ``--out``: ``results.csv`` (one row per setting, method and seed),
 ``lr_search.csv``, ``base.csv``, ``trl_grpo.csv``, ``<setting>/lr<rate>/<algo>-seed<k>.csv``
@@ -69,11 +74,11 @@ from trice_rl.budget import Budget, BudgetMeter  # noqa: E402
 from trice_rl.builtin_model import MAX_NEW_TOKENS  # noqa: E402
 from trice_rl.evaluation import EvalConfig, evaluate  # noqa: E402
 from trice_rl.machine import load_average, machine_info  # noqa: E402
-from trice_rl.plotting import plot_curves  # noqa: E402
+from trice_rl.plotting import matched_accuracy, plot_curves  # noqa: E402
 from trice_rl.policy import Policy  # noqa: E402
 from trice_rl.runner import Runner, RunConfig, run_files  # noqa: E402
 
-METHODS = ("prompt-tuning", "cot-sft", "star", "rft", "trice-nocv", "trice", "grpo")
+METHODS = ("prompt-tuning", "cot-sft", "star", "rft", "trice-nocv", "trice", "trice-k", "grpo")
 SAMPLES_PER_STEP = 32
 # Per-method batch shapes giving SAMPLES_PER_STEP samples per optimizer step.
 METHOD_SHAPES = {
@@ -85,6 +90,7 @@ METHOD_SHAPES = {
     "rft": {"batch_size": 8, "particles": 4},
     "trice-nocv": {"batch_size": 32},
     "trice": {"batch_size": 32},
+    "trice-k": {"batch_size": 8, "num_proposals": 4},
     "grpo": {"batch_size": 4, "group_size": 8},
 }
 LEARNING_RATES = {"full": (3e-5, 1e-4, 3e-4), "prompt": (0.1, 0.3, 1.0)}
@@ -140,6 +146,22 @@ PRESETS = {
         variance_every=25,
         majority_k=8,
         base_samples_per_example=8,
+        seeds=(0, 1, 2),
+        model_size="default",
+    ),
+    # The paper's regime within a CPU's reach: 150 training examples, 300 optimizer steps of
+    # 32 samples (each example visited about 64 times), 8 held-out evaluations per run so
+    # that over-fitting shows in the curves.
+    "paper": dict(
+        settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
+        num_train=150,
+        num_validation=100,
+        num_test=200,
+        budget_samples=9600,
+        eval_every=1200,
+        variance_every=25,
+        majority_k=4,
+        base_samples_per_example=4,
         seeds=(0, 1, 2),
         model_size="default",
     ),
@@ -336,7 +358,7 @@ def _init_worker(threads: int) -> None:
 
 
 def _final_columns(outcome: dict) -> dict:
-    keys = ("eval_acc_greedy", "eval_acc_majority", "eval_acc_sampled", "val_acc_greedy", "samples_drawn", "grad_steps", "tokens_generated", "wall_seconds", "run_seconds", "tracked_solved")
+    keys = ("eval_acc_greedy", "eval_acc_majority", "eval_acc_sampled", "val_acc_greedy", "samples_drawn", "grad_steps", "tokens_generated", "train_flops", "wall_seconds", "run_seconds", "tracked_solved")
     return {k: outcome.get(k, float("nan")) for k in keys}
 
 
@@ -407,12 +429,25 @@ def plot_setting(setting: str, args) -> None:
         return
     title = f"{setting}: built-in model, {args.sizes['budget_samples']} samples"
     plot_curves(runs, folder / f"curves_{setting}.png", title=title)
+    plot_curves(runs, folder / f"curves_flops_{setting}.png", x="train_flops", title=f"{setting}: built-in model, against training FLOPs")
     variance = runs[runs["algo"].isin(["trice", "trice-nocv"])]
     if variance["grad_variance"].notna().any():
         plot_curves(variance, folder / f"variance_{setting}.png", y="grad_variance", title=f"{setting}: gradient-estimator variance", log_y=True)
     hardest = runs[runs["algo"].isin(["trice", "star", "rft"])]
     if hardest["tracked_solved"].notna().any():
         plot_curves(hardest, folder / f"hardest_{setting}.png", y="tracked_solved", title=f"{setting}: hardest quartile holding a correct rationale")
+
+
+def with_matched_flops(results: pd.DataFrame, folder: Path, search: pd.DataFrame) -> pd.DataFrame:
+    """``results`` with each chosen run's test greedy accuracy at equal training FLOPs."""
+    matched = []
+    for setting in results["setting"].unique():
+        runs = chosen_runs(folder, setting, search)
+        if "train_flops" in runs and runs["train_flops"].notna().all():
+            matched.append(matched_accuracy(runs).rename(columns={"algo": "method"}).assign(setting=setting))
+    if not matched:
+        return results
+    return results.merge(pd.concat(matched), on=["setting", "method", "seed"], how="left")
 
 
 def chosen_runs(folder: Path, setting: str, search: pd.DataFrame | None) -> pd.DataFrame:
@@ -466,12 +501,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for m in args.methods
         for seed in args.seeds
     ]
-    pd.DataFrame(results).to_csv(out / "results.csv", index=False)
+    results = with_matched_flops(pd.DataFrame(results), out, pd.DataFrame(search))
+    results.to_csv(out / "results.csv", index=False)
     if trl_rows:
         pd.DataFrame(trl_rows).to_csv(out / "trl_grpo.csv", index=False)
     for setting in args.settings:
         plot_setting(setting, args)
-    table = summary_table(pd.DataFrame(results), pd.DataFrame(bases.values()))
+    table = summary_table(results, pd.DataFrame(bases.values()))
     table.to_csv(out / "summary.csv", index=False)
     config["wall_seconds"] = time.perf_counter() - started
     config["machine"]["load1_end"] = load_average()
@@ -494,7 +530,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 # the quick sizes: star 320, trice-nocv 170, trice 165, grpo 150, rft 140, cot-sft 108,
 # prompt-tuning 33): the longest runs start first, so that the last ones to finish are
 # short and no worker idles long at the end.
-METHOD_COST = {"star": 3, "trice-nocv": 1.6, "trice": 1.5, "grpo": 1.4, "rft": 1.3, "cot-sft": 1, "prompt-tuning": 0.3}
+METHOD_COST = {"star": 3, "trice-nocv": 1.6, "trice": 1.5, "trice-k": 1.4, "grpo": 1.4, "rft": 1.3, "cot-sft": 1, "prompt-tuning": 0.3}
 
 
 def choose_rate(outcomes: dict, setting: str, method: str, seed: int) -> float:
@@ -561,7 +597,7 @@ def schedule(args) -> tuple[dict, dict, list[dict]]:
 
 def summary_table(results: pd.DataFrame, bases: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds of the final test accuracies, per setting and method."""
-    columns = ["eval_acc_greedy", "eval_acc_majority"]
+    columns = [c for c in ("eval_acc_greedy", "eval_acc_greedy_at_matched_train_flops", "eval_acc_majority") if c in results]
     table = results.groupby(["setting", "method"], sort=False)[columns].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table["lr"] = results.groupby(["setting", "method"], sort=False)["lr"].first()

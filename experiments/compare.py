@@ -4,33 +4,44 @@
 
 runs each algorithm for each seed from the same base model, on the same examples in the same
 order, until the same budget is spent; evaluates on held-out data along the way; writes one
-CSV per (algorithm, seed), ``summary.csv``, ``curves.png`` and ``config.json`` into ``--out``
-and prints the summary table.  ``--resume`` continues an interrupted run from its checkpoints.
+CSV per (algorithm, seed), ``summary.csv``, ``curves.png`` (against samples),
+``curves_flops.png`` (against training FLOPs) and ``config.json`` into ``--out`` and prints
+the summary table, with each method's accuracy at the end of the budget and at equal
+training FLOPs (read off the curves where every sampling method has arrived).
+
+Every flag is checked before any work starts; a bad one is a usage error that says what is
+allowed.  ``--resume`` continues the runs in ``--out`` from their checkpoints (finished runs
+are kept as they are), and refuses where the settings that define the runs differ from the
+folder's ``config.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import gymnasium as gym  # noqa: E402
+import torch  # noqa: E402
 from transformers.utils import logging as transformers_logging  # noqa: E402
 
 import envs  # noqa: E402,F401  (registers the environments)
 from algorithms import ALGORITHM_NAMES, get_algorithm  # noqa: E402
-from envs.base import make_task  # noqa: E402
+from envs.base import DataError, make_task  # noqa: E402
 from trice_rl.budget import Budget, BudgetMeter  # noqa: E402
-from trice_rl.builtin_model import MAX_NEW_TOKENS  # noqa: E402
+from trice_rl.builtin_model import FAMILIES, MAX_NEW_TOKENS, SIZES  # noqa: E402
 from trice_rl.evaluation import EvalConfig  # noqa: E402
-from trice_rl.plotting import plot_curves, summarize  # noqa: E402
-from trice_rl.policy import TUNE_MODES, Policy  # noqa: E402
-from trice_rl.runner import Runner, RunConfig  # noqa: E402
+from trice_rl.plotting import load_runs, plot_curves, summarize  # noqa: E402
+from trice_rl.policy import TUNE_MODES, Policy, is_builtin  # noqa: E402
+from trice_rl.runner import Runner, RunConfig, atomic_write_text  # noqa: E402
 
 # Sizes per preset.  "default" is the embedded default (about ten minutes for two algorithms
 # on a 2-core CPU, the built-in model's first build included); "smoke" is for CI and quick
@@ -65,74 +76,259 @@ PRESETS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+class FlagError(ValueError):
+    """A bad flag value: :func:`parse_args` reports it as a usage error (exit code 2)."""
+
+
+def json_object(text: str) -> dict:
+    """``--env-kwargs``: a JSON object."""
+    example = """an object such as '{"num_train": 500}'"""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg} at column {error.colno}); expected {example}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected {example}, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algos", default="trice,star", help=f"comma-separated, any of: {', '.join(ALGORITHM_NAMES)}")
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--env", help="a registered trice_rl/... environment id (default: the preset's)")
-    parser.add_argument("--env-kwargs", type=json.loads, help='JSON keyword arguments for the task, e.g. \'{"num_train": 500}\'')
+    parser.add_argument("--env-kwargs", type=json_object, help='JSON keyword arguments for the task, e.g. \'{"num_train": 500}\' (default: the preset\'s, for the preset\'s env only)')
     parser.add_argument("--model", help="'builtin', 'builtin:<family>[:tiny]', a local folder or a hub id")
     parser.add_argument("--tune", choices=TUNE_MODES, default="full", help="tunable parameters (prompt-tuning always uses a soft prompt)")
     parser.add_argument("--budget-samples", type=int, help="samples drawn per run (identical for every algorithm)")
     parser.add_argument("--budget-tokens", type=int, help="generated tokens per run, instead of samples")
     parser.add_argument("--budget-seconds", type=float, help="training seconds per run, instead of samples")
+    parser.add_argument("--budget-flops", type=float, help="training model FLOPs per run (sampling, scoring and back-propagation; evaluation excluded), instead of samples")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     parser.add_argument("--eval-every", type=int, help="samples drawn between held-out evaluations")
     parser.add_argument("--eval-examples", type=int, help="held-out examples per evaluation (default: the preset's)")
-    parser.add_argument("--majority-k", type=int, help="samples per question for the final majority-of-k accuracy")
+    parser.add_argument("--majority-k", type=int, help="samples per question for the final majority-of-k accuracy (0: off)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override an algorithm config field for every algorithm that has it (repeatable), e.g. --set lr=3e-4")
     parser.add_argument("--variance-every", type=int, help="steps between gradient-variance probes of the stochastic-gradient methods (0: off; default: the preset's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="output folder (default: runs/compare-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue the runs in --out from their checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue the runs in --out from their checkpoints (with the same settings)")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, each checked and turned into what :func:`main` runs (the task, the configs,
+    the run settings) before any work starts: a bad value is a usage error that says what is
+    allowed, not a traceback minutes into a run."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        resolve(args)
+    except FlagError as error:
+        parser.error(str(error))
+    return args
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """Fill in the preset's defaults and check every flag, cheapest first."""
     preset = PRESETS[args.preset]
-    for key in ("model", "env", "env_kwargs", "eval_every", "eval_examples", "majority_k", "variance_every"):
+    for key in ("model", "env", "eval_every", "eval_examples", "majority_k", "variance_every"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
+    if args.env_kwargs is None:  # the preset's sizes are its own task's fields
+        args.env_kwargs = dict(preset["env_kwargs"]) if args.env == preset["env"] else {}
     args.algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     unknown = [a for a in args.algos if a not in ALGORITHM_NAMES]
     if unknown or not args.algos:
-        parser.error(f"unknown algorithm {', '.join(unknown) or '(none)'}; valid: {', '.join(ALGORITHM_NAMES)}")
+        raise FlagError(f"unknown algorithm {', '.join(unknown) or '(none)'}; valid: {', '.join(ALGORITHM_NAMES)}")
     if args.env not in gym.registry or not args.env.startswith("trice_rl/"):
         valid = ", ".join(sorted(k for k in gym.registry if k.startswith("trice_rl/")))
-        parser.error(f"unknown environment {args.env!r}; valid: {valid}")
+        raise FlagError(f"unknown environment {args.env!r}; valid: {valid}")
+    args.seeds = parse_seeds(args.seeds)
+    check_counts(args)
+    args.budget = budget_from(args, preset)
+    args.overrides = set_overrides(args.set, preset)
+    args.configs = algorithm_configs(args.algos, args.overrides, preset["lr"], args.tune)
+    args.run_config = RunConfig(
+        budget=args.budget,
+        eval_every=args.eval_every,
+        eval=EvalConfig(split="test", max_examples=args.eval_examples, majority_k=args.majority_k, max_new_tokens=args.overrides["max_new_tokens"]),
+        variance_every=args.variance_every,
+        variance_draws=4,
+        variance_batch=8,
+    )
+    check_device(args.device)
+    check_model(args.model)
+    args.task = load_task(args.env, args.env_kwargs)
+    args.out = args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.settings = run_settings(args)
+    check_out(Path(args.out), args.settings, args.resume)
+
+
+def parse_seeds(text: str) -> list[int]:
     try:
-        args.seeds = [int(s) for s in args.seeds.split(",")]
+        seeds = [int(s) for s in text.split(",")]
     except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    limits = {"samples": args.budget_samples, "tokens_generated": args.budget_tokens, "seconds": args.budget_seconds}
+        raise FlagError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) < len(seeds):
+        raise FlagError(f"--seeds must be distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+# The least value of each count flag (0 where 0 turns the feature off).
+COUNT_FLAGS = {"eval_every": 1, "eval_examples": 1, "majority_k": 0, "variance_every": 0}
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    for name, least in COUNT_FLAGS.items():
+        value = getattr(args, name)
+        if value < least:
+            allowed = "a positive integer" if least else "0 (off) or a positive integer"
+            raise FlagError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
+
+
+def budget_from(args: argparse.Namespace, preset: dict) -> Budget:
+    limits = {"samples": args.budget_samples, "tokens_generated": args.budget_tokens, "seconds": args.budget_seconds, "flops": args.budget_flops}
     for name, value in limits.items():
-        if value is not None and value <= 0:
-            parser.error(f"the {name} budget must be positive, got {value}")
+        if value is not None and not value > 0:
+            raise FlagError(f"the {name} budget must be positive, got {value}")
     if all(v is None for v in limits.values()):
         limits["samples"] = preset["budget_samples"]
-    args.budget = Budget(**limits)
-    if args.eval_every <= 0:
-        parser.error("--eval-every must be positive")
-    args.overrides = {"max_new_tokens": preset["max_new_tokens"], "batch_size": preset["batch_size"]}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            args.overrides[field] = json.loads(value)
-        except json.JSONDecodeError:
-            args.overrides[field] = value
-    if args.out is None:
-        args.out = f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.resume and not Path(args.out).exists():
-        parser.error(f"--resume: {args.out} does not exist")
-    try:
-        from trice_rl.policy import resolve_model_path
+    return Budget(**limits)
 
-        if not args.model.startswith("builtin"):
-            resolve_model_path(args.model)
-    except FileNotFoundError as error:
-        parser.error(str(error))
-    return args
+
+def set_overrides(items: list[str], preset: dict) -> dict:
+    """The ``--set`` values (JSON where they parse, else text) over the preset's shape."""
+    overrides = {"max_new_tokens": preset["max_new_tokens"], "batch_size": preset["batch_size"]}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise FlagError(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value
+    return overrides
+
+
+def check_device(device: str) -> None:
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise FlagError(f"--device {device!r} is not a torch device; e.g. cpu, cuda, cuda:1") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise FlagError(f"--device {device}: torch sees no CUDA device here; use --device cpu")
+
+
+def check_model(name: str) -> None:
+    """A model that cannot load is named here, in one line: a missing folder (not taken for
+    a hub id when it looks like a path), a folder that is no model, an unknown built-in, or
+    a hub id that is neither cached nor reachable."""
+    if is_builtin(name):
+        _, family, size = (name.split(":") + ["", ""])[:3]
+        if name.count(":") > 2 or (family or "arithmetic") not in FAMILIES or (size or "default") not in SIZES:
+            raise FlagError(f"--model {name!r}: the built-in model is builtin[:<family>[:<size>]], family one of {', '.join(FAMILIES)}, size one of {', '.join(SIZES)}")
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FlagError(f"--model {name}: the folder holds no config.json, so it is no Hugging Face model folder (save_pretrained writes one)")
+        return
+    if path.exists():
+        raise FlagError(f"--model {name}: a file, not a model folder")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/") or Path(name.split("/")[0]).is_dir():
+        raise FlagError(f"--model {name}: the folder does not exist; give a model folder, 'builtin' or a hub id (owner/name)")
+    try:
+        from huggingface_hub import model_info, try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            model_info(name, timeout=10)
+    except Exception as error:  # offline, unknown, private or malformed: loading would fail
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FlagError(f"--model {name}: no such local folder, and no cached or reachable hub model ({reason}); give a model folder, 'builtin' or a hub id") from None
+
+
+def load_task(env: str, kwargs: dict):
+    """The task with its train and test splits loaded: an unknown or bad keyword argument,
+    an empty split or missing data is named here, not after the model is loaded."""
+    for key, value in kwargs.items():
+        if key.startswith("num_") and (type(value) is not int or value < 1):
+            raise FlagError(f"--env-kwargs {key}={json.dumps(value)}: split sizes must be positive integers")
+    try:
+        task = make_task(env, **kwargs)
+    except TypeError as error:
+        raise FlagError(f"--env-kwargs for {env}: {error}{task_fields(env)}") from None
+    except ValueError as error:
+        raise FlagError(f"--env-kwargs for {env}: {error}") from None
+    for split in ("train", "test"):
+        try:
+            examples = task.examples(split)
+        except DataError as error:
+            raise FlagError(f"--env {env}: {error} (give the data with TRICE_RL_DATA=<folder> or --env-kwargs '{{\"data_dir\": \"<folder>\"}}')") from None
+        except ValueError as error:
+            raise FlagError(f"--env-kwargs for {env}: {error}") from None
+        if not examples:
+            raise FlagError(f"--env {env}: the {split} split holds no examples")
+    return task
+
+
+def task_fields(env: str) -> str:
+    """'; valid: ...' with the keyword arguments an environment's task takes, where its
+    signature lists them (a task taking ``**kwargs`` names them in its own error)."""
+    parameters = inspect.signature(gym.registry[env].kwargs["task_factory"]).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return ""
+    return f"; valid: {', '.join(p.name for p in parameters)}"
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """What defines the runs' numbers: written to config.json, and unchanged on --resume
+    (the progress bar, the command line and --out itself may change)."""
+    return {
+        "algos": args.algos,
+        "env": args.env,
+        "env_kwargs": args.env_kwargs,
+        "model": args.model,
+        "tune": args.tune,
+        "device": args.device,
+        "seeds": args.seeds,
+        "budget": dataclasses.asdict(args.budget),
+        "run": {"eval_every": args.eval_every, "eval": dataclasses.asdict(args.run_config.eval), "variance_every": args.variance_every},
+        "algorithm_configs": {name: dataclasses.asdict(config) for name, config in args.configs.items()},
+    }
+
+
+def check_out(out: Path, settings: dict, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FlagError(f"--out {out}: a file of that name exists; give a folder")
+    if not resume:
+        return
+    if not out.is_dir():
+        raise FlagError(f"--resume: {out} does not exist")
+    if not (out / "config.json").is_file():
+        raise FlagError(f"--resume: {out} holds no config.json, so no runs of compare.py")
+    recorded = json.loads((out / "config.json").read_text())
+    recorded.pop("command", None)
+    changes = setting_changes(recorded, json.loads(json.dumps(settings)))
+    if changes:
+        raise FlagError(f"--resume: {out} holds runs with other settings: {'; '.join(changes)}; resume with the same flags, or give another --out")
+
+
+_UNSET = object()
+
+
+def setting_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Each setting that differs, as 'name: old → new' (nested ones by dotted name)."""
+    changes = []
+    for key in dict.fromkeys([*new, *old]):
+        before, after = old.get(key, _UNSET), new.get(key, _UNSET)
+        if isinstance(before, dict) and isinstance(after, dict):
+            changes += setting_changes(before, after, f"{prefix}{key}.")
+        elif before != after:
+            before, after = ("(unset)" if v is _UNSET else json.dumps(v) for v in (before, after))
+            changes.append(f"{prefix}{key}: {before} → {after}")
+    return changes
 
 
 def tune_mode(name: str, requested: str) -> str:
@@ -143,16 +339,48 @@ def tune_mode(name: str, requested: str) -> str:
 def algorithm_configs(algos: list[str], overrides: dict, preset_lr: dict, tune: str) -> dict:
     """Each algorithm's default config with every override whose field it has; the learning
     rate, unless set, is the preset's for the algorithm's tune mode (a soft prompt needs a
-    far larger one than the weights)."""
-    fields = {name: {f.name for f in dataclasses.fields(get_algorithm(name).Config)} for name in algos}
-    unknown = [key for key in overrides if not any(key in names for names in fields.values())]
+    far larger one than the weights).  Values of the wrong type, and the configs' own
+    checks, are flag errors."""
+    types_of = {name: field_types(get_algorithm(name).Config) for name in algos}
+    unknown = [key for key in overrides if not any(key in names for names in types_of.values())]
     if unknown:
-        raise SystemExit(f"compare.py: error: no selected algorithm has config field(s) {', '.join(unknown)}")
+        known = sorted(set().union(*types_of.values()))
+        raise FlagError(f"--set {', '.join(unknown)}: no selected algorithm has such a config field; fields: {', '.join(known)}")
     configs = {}
     for name in algos:
-        values = {"lr": preset_lr[tune_mode(name, tune)]} | {k: v for k, v in overrides.items() if k in fields[name]}
-        configs[name] = get_algorithm(name).Config(**values)
+        values = {"lr": preset_lr[tune_mode(name, tune)]} | {k: v for k, v in overrides.items() if k in types_of[name]}
+        for key, value in values.items():
+            kinds = types_of[name][key]
+            if not any(_fits(value, kind) for kind in kinds):
+                raise FlagError(f"--set {key}={json.dumps(value)}: {key} takes {' or '.join(_KIND_NAMES.get(k, k.__name__) for k in kinds)}")
+        try:
+            configs[name] = get_algorithm(name).Config(**values)
+        except (TypeError, ValueError) as error:
+            raise FlagError(f"--set: {error}") from None
     return configs
+
+
+def field_types(config_class: type) -> dict[str, tuple]:
+    """Each config field's accepted types (``int | None``: int and NoneType)."""
+    hints = typing.get_type_hints(config_class)
+    types_of = {}
+    for field in dataclasses.fields(config_class):
+        hint = hints[field.name]
+        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        types_of[field.name] = typing.get_args(hint) if union else (hint,)
+    return types_of
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "null"}
+
+
+def _fits(value, kind) -> bool:
+    """Whether a --set value (parsed as JSON) is of a field's type; an integer is a number."""
+    if kind is type(None):
+        return value is None
+    if kind in (int, float):
+        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    return not isinstance(kind, type) or isinstance(value, kind)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -160,51 +388,25 @@ def main(argv: list[str] | None = None) -> dict:
     transformers_logging.disable_progress_bar()  # one "Loading weights" bar per run is noise
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = make_task(args.env, **args.env_kwargs)
-    run_config = RunConfig(
-        budget=args.budget,
-        eval_every=args.eval_every,
-        eval=EvalConfig(split="test", max_examples=args.eval_examples, majority_k=args.majority_k, max_new_tokens=args.overrides["max_new_tokens"]),
-        variance_every=args.variance_every,
-        variance_draws=4,
-        variance_batch=8,
-    )
-    configs = algorithm_configs(args.algos, args.overrides, PRESETS[args.preset]["lr"], args.tune)
-    (out / "config.json").write_text(
-        json.dumps(
-            {
-                "command": " ".join(sys.argv),
-                "algos": args.algos,
-                "env": args.env,
-                "env_kwargs": args.env_kwargs,
-                "model": args.model,
-                "tune": args.tune,
-                "seeds": args.seeds,
-                "budget": dataclasses.asdict(args.budget),
-                "run": {"eval_every": args.eval_every, "eval": dataclasses.asdict(run_config.eval), "variance_every": args.variance_every},
-                "algorithm_configs": {name: dataclasses.asdict(config) for name, config in configs.items()},
-            },
-            indent=2,
-        )
-    )
+    if not args.resume:  # a resumed folder keeps the record of the command that started it
+        atomic_write_text(json.dumps({"command": " ".join(sys.argv), **args.settings}, indent=2), out / "config.json")
     started = time.perf_counter()
     results = []
     for name in args.algos:
         cls = get_algorithm(name)
         for seed in args.seeds:
             policy = Policy.from_pretrained(args.model, tune=tune_mode(name, args.tune), seed=seed, meter=BudgetMeter(), device=args.device)
-            algorithm = cls(policy, task, configs[name], seed=seed)
-            results.append(Runner(algorithm, run_config, out, progress=not args.no_progress).run(resume=args.resume))
-    from trice_rl.plotting import load_runs
-
+            algorithm = cls(policy, args.task, args.configs[name], seed=seed)
+            results.append(Runner(algorithm, args.run_config, out, progress=not args.no_progress).run(resume=args.resume))
     runs = load_runs([out])
     summary = summarize(runs)
     summary.to_csv(out / "summary.csv", index=False)
     budget = ", ".join(f"{value:g} {name.replace('_', ' ')}" for name, value in dataclasses.asdict(args.budget).items() if value is not None)
     plot_curves(runs, out / "curves.png", title=f"{args.env} ({args.model}), budget {budget}")
+    plot_curves(runs, out / "curves_flops.png", x="train_flops", title=f"{args.env} ({args.model}), against training FLOPs")
     print(f"\n{args.env}, model {args.model}, {len(args.seeds)} seed(s), wall time {time.perf_counter() - started:.0f} s")
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\nwrote {out}/summary.csv, {out}/curves.png, {out}/config.json and one CSV per run")
+    print(f"\nwrote {out}/summary.csv, {out}/curves.png, {out}/curves_flops.png, {out}/config.json and one CSV per run")
     return {"summary": summary, "results": results, "out": out}
 
 

@@ -24,7 +24,8 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-COT_METHODS = ("cot-sft", "star", "rft", "trice-nocv", "trice", "grpo")
+COT_METHODS = ("cot-sft", "star", "rft", "trice-nocv", "trice", "trice-k", "grpo")
+MATCHED = "eval_acc_greedy_at_matched_train_flops"
 
 
 def mean_std(values: pd.Series) -> str:
@@ -60,29 +61,37 @@ def verdict(d: float, se: float, at_least: bool = False) -> str:
 
 def accuracy_table(results: pd.DataFrame, base: pd.DataFrame, trl: pd.DataFrame | None) -> str:
     lines = [
-        "| setting | method | lr | test greedy | test majority | validation greedy | hardest quartile solved | samples | optimizer steps | training s / run |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | method | lr | test greedy | test greedy at equal FLOPs | test majority | validation greedy | hardest quartile solved | samples | optimizer steps | training PFLOPs | training s / run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    matched = MATCHED if MATCHED in results else None
     for setting in results["setting"].unique():
         b = base[base["setting"] == setting].iloc[0]
         lines.append(
-            f"| {setting} | base model | – | {b['eval_acc_greedy']:.3f} | {b['eval_acc_majority']:.3f} | {b['val_acc_greedy']:.3f} | – | 0 | 0 | – |"
+            f"| {setting} | base model | – | {b['eval_acc_greedy']:.3f} | – | {b['eval_acc_majority']:.3f} | {b['val_acc_greedy']:.3f} | – | 0 | 0 | 0 | – |"
         )
         rows = results[results["setting"] == setting]
         for method, group in rows.groupby("method", sort=False):
             solved = mean_std(group["tracked_solved"]) if group["tracked_solved"].notna().any() else "–"
             lines.append(
-                f"| {setting} | {method} | {group['lr'].iloc[0]:g} | {mean_std(group['eval_acc_greedy'])} | {mean_std(group['eval_acc_majority'])} "
-                f"| {mean_std(group['val_acc_greedy'])} | {solved} | {int(group['samples_drawn'].mean())} | {int(group['grad_steps'].mean())} | {group['wall_seconds'].mean():.0f} |"
+                f"| {setting} | {method} | {group['lr'].iloc[0]:g} | {mean_std(group['eval_acc_greedy'])} | {mean_std(group[matched]) if matched else '–'} "
+                f"| {mean_std(group['eval_acc_majority'])} | {mean_std(group['val_acc_greedy'])} | {solved} | {int(group['samples_drawn'].mean())} "
+                f"| {int(group['grad_steps'].mean())} | {pflops(group)} | {group['wall_seconds'].mean():.0f} |"
             )
         if trl is not None and (trl["setting"] == setting).any():
             t = trl[trl["setting"] == setting]
             label = "TRL GRPOTrainer" if len(t) > 1 else f"TRL GRPOTrainer (seed {int(t['seed'].iloc[0])})"
             lines.append(
-                f"| {setting} | {label} | {t['lr'].iloc[0]:g} | {mean_std(t['eval_acc_greedy'])} | {mean_std(t['eval_acc_majority'])} | – | – "
-                f"| {int(t['samples_drawn'].mean())} | {int(t['grad_steps'].mean())} | {t['wall_seconds'].mean():.0f} |"
+                f"| {setting} | {label} | {t['lr'].iloc[0]:g} | {mean_std(t['eval_acc_greedy'])} | – | {mean_std(t['eval_acc_majority'])} | – | – "
+                f"| {int(t['samples_drawn'].mean())} | {int(t['grad_steps'].mean())} | – | {t['wall_seconds'].mean():.0f} |"
             )
     return "\n".join(lines)
+
+
+def pflops(group: pd.DataFrame) -> str:
+    if "train_flops" not in group or group["train_flops"].isna().all():
+        return "–"
+    return f"{group['train_flops'].mean() / 1e15:.3g}"
 
 
 def trl_table(trl: pd.DataFrame, results: pd.DataFrame) -> str:
@@ -104,24 +113,33 @@ def trl_table(trl: pd.DataFrame, results: pd.DataFrame) -> str:
 
 
 def expectations(results: pd.DataFrame, folder: Path) -> str:
-    lines = ["| setting | expectation | difference of test greedy means ± s.e. | verdict |", "|---|---|---|---|"]
+    """Each of the paper's expectations judged on test greedy accuracy at the end of the
+    samples budget and, where measured, at equal training FLOPs."""
+    lines = [
+        "| setting | expectation | at equal samples: difference of test greedy means ± s.e. | verdict | at equal FLOPs: difference ± s.e. | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     claims = [("trice", "trice-nocv", "TRICE ≥ TRICE-noCV", True), ("trice-nocv", "rft", "TRICE-noCV ≥ rft", True), ("trice", "star", "TRICE > STaR", False)]
     for setting in results["setting"].unique():
         methods = set(results[results["setting"] == setting]["method"])
         for a, b, label, at_least in claims:
             if {a, b} <= methods:
                 d, se, _ = difference(results, setting, a, b)
-                lines.append(f"| {setting} | {label} | {d:+.3f} ± {se:.3f} | {verdict(d, se, at_least)} |")
+                at_flops = "– | –"
+                if MATCHED in results:
+                    df, sef, _ = difference(results, setting, a, b, MATCHED)
+                    at_flops = f"{df:+.3f} ± {sef:.3f} | {verdict(df, sef, at_least)}"
+                lines.append(f"| {setting} | {label} | {d:+.3f} ± {se:.3f} | {verdict(d, se, at_least)} | {at_flops} |")
         if "prompt-tuning" in methods:
             cot = [m for m in COT_METHODS if m in methods]
             beats = []
             for m in cot:
                 d, se, _ = difference(results, setting, m, "prompt-tuning")
                 beats.append(f"{m} {d:+.3f} ± {se:.3f} ({verdict(d, se)})")
-            lines.append(f"| {setting} | chain-of-thought methods > direct prompt tuning | {'; '.join(beats)} | {sum('(supported)' in x for x in beats)} of {len(cot)} supported |")
+            lines.append(f"| {setting} | chain-of-thought methods > direct prompt tuning | {'; '.join(beats)} | {sum('(supported)' in x for x in beats)} of {len(cot)} supported | – | – |")
         ratio = variance_ratio(folder, setting)
         if ratio:
-            lines.append(f"| {setting} | the control variate lowers gradient variance as accuracy rises | TRICE ÷ TRICE-noCV variance, {ratio} | see the variance plot |")
+            lines.append(f"| {setting} | the control variate lowers gradient variance as accuracy rises | TRICE ÷ TRICE-noCV variance, {ratio} | see the variance plot | – | – |")
     return "\n".join(lines)
 
 
@@ -220,7 +238,7 @@ def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir:
         "",
     ]
     for setting in results["setting"].unique():
-        images = [f"{kind}_{setting}.png" for kind in ("curves", "variance", "hardest") if (folder / f"{kind}_{setting}.png").exists()]
+        images = [f"{kind}_{setting}.png" for kind in ("curves", "curves_flops", "variance", "hardest") if (folder / f"{kind}_{setting}.png").exists()]
         for image in images:
             copy(folder / image, docs / image)
         if images:

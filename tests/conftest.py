@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from envs.base import Example, Task
+
 # Tiny test models run fastest single-threaded, and a busy 2-core machine makes two threads
 # wait on each other (a tiny forward measured 1 ms on one thread, 205 ms on two under load).
 torch.set_num_threads(1)
@@ -63,3 +65,19 @@ def make_tiny_policy(tiny_config, char_tokenizer):
         return Policy(LlamaForCausalLM(tiny_config), char_tokenizer, tune=tune, seed=seed, **kwargs)
 
     return make
+
+
+
+class CoinTask(Task):
+    """A task a random tiny model solves about half the time: a completion "states" the
+    target iff its length is even.  It gives TRICE, STaR and rft non-trivial dynamics."""
+
+    name = "coin"
+    splits = ("train", "test")
+
+    def load_split(self, split):
+        count = 12 if split == "train" else 6
+        return [Example(question=f"q{i}", answer="even", rationale="ab. So the answer is even.") for i in range(count)]
+
+    def extract_answer(self, completion):
+        return "even" if len(completion) % 2 == 0 else "odd"

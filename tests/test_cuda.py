@@ -13,7 +13,7 @@ from trice_rl.budget import Budget
 from trice_rl.evaluation import EvalConfig
 from trice_rl.runner import Runner, RunConfig
 
-from .test_runner import CoinTask
+from .conftest import CoinTask
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -154,8 +154,11 @@ def test_missing_file_names_it_and_where_to_get_it(tmp_path):
         GSM8KTask(tmp_path).examples("train")
 
 
-def test_missing_data_folder_says_how_to_set_it(monkeypatch):
+def test_missing_data_folder_says_how_to_set_it(monkeypatch, tmp_path):
+    """Offline, with no folder given, the failed download says how to supply the data."""
     monkeypatch.delenv("TRICE_RL_DATA", raising=False)
+    monkeypatch.setenv("TRICE_RL_CACHE", str(tmp_path))
+    monkeypatch.setenv("TRICE_RL_DATA_URL", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(DataError, match="TRICE_RL_DATA"):
         GSM8KTask().examples("train")
 

@@ -7,7 +7,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from trice_rl.budget import Budget, BudgetMeter
-from trice_rl.policy import Policy, _fill_holes, _PreallocatedLayer
+from trice_rl.decoding import _fill_holes, _PreallocatedLayer
+from trice_rl.policy import Policy
 
 PROMPTS = ["Question: 3 + 4?\nAnswer: Let's think step by step.\n", "Q: x", "Question: what is 12 - 7 modulo 10?\n"]
 

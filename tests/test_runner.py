@@ -7,25 +7,11 @@ import pandas as pd
 import pytest
 
 from algorithms import ALGORITHM_NAMES, get_algorithm
-from envs.base import Example, Task
 from trice_rl.budget import Budget
 from trice_rl.evaluation import EvalConfig, evaluate, majority_vote
 from trice_rl.runner import BASE_COLUMNS, Runner, RunConfig
 
-
-class CoinTask(Task):
-    """A task a random tiny model solves about half the time: a completion "states" the
-    target iff its length is even.  It gives TRICE, STaR and rft non-trivial dynamics."""
-
-    name = "coin"
-    splits = ("train", "test")
-
-    def load_split(self, split):
-        count = 12 if split == "train" else 6
-        return [Example(question=f"q{i}", answer="even", rationale="ab. So the answer is even.") for i in range(count)]
-
-    def extract_answer(self, completion):
-        return "even" if len(completion) % 2 == 0 else "odd"
+from .conftest import CoinTask
 
 
 def run_config(samples: int, **kwargs) -> RunConfig:
@@ -51,11 +37,13 @@ def test_a_run_stops_at_the_budget_and_logs_every_column(name, make_tiny_policy,
     assert set(BASE_COLUMNS) <= set(rows[0])
     assert rows[0]["eval_acc_greedy"] != ""  # the base model is evaluated before training
     assert rows[-1]["eval_acc_majority"] != ""  # majority-of-k at the end
-    assert result["samples_drawn"] >= 48
-    # The budget is checked between steps: the last step may overshoot by less than a step;
-    # the final evaluation row repeats the last step's usage.
+    # No overshoot: the last step shrinks to fit, and stops short of the budget only by less
+    # than one example's samples (STaR budgets two per example: a sample and its
+    # rationalization); the final evaluation row repeats the last step's usage.
+    one_example = {"rft": 4, "grpo": algorithm.samples_per_example(), "star": 2}.get(name, 1)
+    assert 48 - one_example < result["samples_drawn"] <= 48
     samples = [int(r["samples_drawn"]) for r in rows]
-    assert samples[-3] < 48 <= samples[-2] == samples[-1]
+    assert samples[-2] == samples[-1] == result["samples_drawn"]
 
 
 def test_identical_budgets_across_algorithms(make_tiny_policy, tmp_path):
@@ -63,9 +51,9 @@ def test_identical_budgets_across_algorithms(make_tiny_policy, tmp_path):
     for name in ("trice", "rft", "grpo"):
         algorithm = get_algorithm(name)(make_tiny_policy(), CoinTask(), small_config(name), seed=0)
         used[name] = Runner(algorithm, run_config(64), tmp_path / name, progress=False).run()["samples_drawn"]
-    # Every run stops at the first step boundary at or past the budget (rft draws 4 per
-    # example and grpo 8, so a step is 16 or 32 samples; TRICE's setup draws one per example).
-    assert all(64 <= used[name] < 64 + 32 for name in used), used
+    # Every run draws exactly the budget: the last step shrinks to fit (64 is a multiple of
+    # rft's 4 and grpo's 8 samples per example; TRICE's setup draws one per example).
+    assert used == {"trice": 64, "rft": 64, "grpo": 64}, used
 
 
 @pytest.mark.parametrize("name", ["trice", "rft"])
@@ -156,7 +144,7 @@ def test_solved_examples_follow_each_methods_own_rationales(make_tiny_policy):
     trice = get_algorithm("trice")(make_tiny_policy(), task, small_config("trice"), seed=0)
     trice.setup()
     trice.step()
-    texts = [make_tiny_policy().tokenizer.decode(trice._read_memory(i), skip_special_tokens=True) for i in range(len(trice.train))]
+    texts = [make_tiny_policy().tokenizer.decode(trice.memory_rationale(i), skip_special_tokens=True) for i in range(len(trice.train))]
     np.testing.assert_array_equal(trice.solved_examples(), task.score(texts, ["even"] * len(texts)) == 1.0)
 
     # rft: the examples of the latest visit with at least one correct particle; unvisited: False.

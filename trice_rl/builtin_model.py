@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import shutil
 import string
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -44,7 +46,8 @@ import numpy as np
 import torch
 
 from envs.arithmetic import ArithmeticConfig, generate_chain, true_step_result, wraps, write_rationale
-from envs.base import FEW_SHOT_SEPARATOR, Task
+from envs.base import FEW_SHOT_SEPARATOR, Task, question_key
+from envs.download import cache_root
 from envs.procedural_bbh import (
     boolean_rationale,
     boolean_reductions,
@@ -66,6 +69,10 @@ _EAGER_ATTENTION_MAX_WIDTH = 400
 # The arithmetic corpus spans a little more than the task's default 2..7 steps, so that
 # shorter and longer chains (difficulty overrides) are not out of distribution.
 PRETRAIN_ARITHMETIC = ArithmeticConfig(min_steps=1, max_steps=8)
+
+
+# BuiltinConfig fields that say how a build runs, not what it builds (not in the cache key).
+EXECUTION_FIELDS = ("threads",)
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,18 @@ class BuiltinConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 100
+    # cosine decay ends at this fraction of the peak rate
+    learning_rate_floor: float = 0.1
     weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    max_grad_norm: float = 1.0
+    # documents are sorted by length within blocks of this many batches (little padding)
+    length_sort_batches: int = 50
     # "bf16" (autocast; twice as fast where the CPU has native bf16) or "fp32"; the preset
     # picks what this machine supports, and the choice is part of the cache key.
     precision: str = "fp32"
-    # torch threads: more than the free cores makes CPU training many times slower
+    # torch threads: more than the free cores makes CPU training many times slower.  How to
+    # run, not what to build: not part of the cache key (--threads overrides it).
     threads: int = 2
     # corpus
     cot_mistake_rate: float = 0.6
@@ -105,6 +119,8 @@ class BuiltinConfig:
     direct_fraction: float = 0.1
     few_shot_fraction: float = 0.05
     max_few_shot: int = 3
+    # 2: every held-out question (validation, test) is excluded from the corpus
+    corpus_version: int = 2
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -125,7 +141,8 @@ class BuiltinConfig:
         return replace(config, **_TINY) if size == "tiny" else config
 
     def folder_name(self) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        recipe = {name: value for name, value in asdict(self).items() if name not in EXECUTION_FIELDS}
+        digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.family}-{self.size}-{digest}"
 
 
@@ -144,33 +161,184 @@ _TINY = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, tr
 
 
 # ----------------------------------------------------------------------- the cache
-def cache_root() -> Path:
-    return Path(os.environ.get("TRICE_RL_CACHE") or "~/.cache/trice_rl").expanduser()
+# Written last into a finished build: every file's size and sha256.  A folder without it is
+# an unfinished (or pre-marker) build; sizes catch truncated or emptied files on every use,
+# and the weights, the one large file, are also checked against their sha256.
+MARKER_FILE = "build_complete.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
-def builtin_model_path(family: str = "arithmetic", size: str = "default", seed: int = 0, rebuild: bool = False) -> Path:
-    """The folder of the built-in model (an ordinary HF model folder), built if missing."""
+def builtin_model_path(
+    family: str = "arithmetic", size: str = "default", seed: int = 0, rebuild: bool = False, threads: int | None = None
+) -> Path:
+    """The folder of the built-in model (an ordinary HF model folder), built if missing and
+    rebuilt if its cache entry is incomplete or damaged (:func:`cache_problem`); a build runs
+    on ``threads`` torch threads (default: the preset's)."""
     config = BuiltinConfig.preset(family, size, seed)
+    if threads is not None:
+        config = replace(config, threads=threads)
     folder = cache_root() / "builtin" / config.folder_name()
-    if folder.is_dir() and not rebuild:
+    problem = cache_problem(folder)
+    if problem is None and not rebuild:
         return folder
+    if problem is not None and os.path.lexists(folder):
+        print(f"the cached built-in model {folder} is unusable ({problem}): rebuilding it", file=sys.stderr)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the destination and rename into place: a crash leaves only a temp folder.
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         build(config, staging)
-        if rebuild and folder.is_dir():
-            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
-            folder.rename(retired / "model")
-            shutil.rmtree(retired)
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not folder.is_dir():  # not a concurrent build that finished first
-                raise
+        write_marker(staging)
+        _install(staging, folder, force=rebuild)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _install(staging: Path, folder: Path, force: bool) -> None:
+    """Rename a finished build to ``folder``, first moving aside whatever is there if it is
+    damaged (or ``force``); a good copy that a concurrent build installed meanwhile is kept."""
+    if os.path.lexists(folder) and (force or cache_problem(folder) is not None):
+        retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}-old-", dir=folder.parent))
+        with contextlib.suppress(FileNotFoundError):  # a concurrent build moved it first
+            folder.rename(retired / "model")
+        shutil.rmtree(retired)
+    try:
+        staging.rename(folder)
+    except OSError:
+        if cache_problem(folder) is not None:  # not a concurrent build that finished first
+            raise
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def write_marker(folder: Path) -> None:
+    """Mark a build finished: the size and sha256 of every file in ``folder``, written last."""
+    files = {
+        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+    (folder / MARKER_FILE).write_text(json.dumps({"files": files}, indent=2) + "\n")
+
+
+def cache_problem(folder: Path) -> str | None:
+    """Why the cache entry ``folder`` cannot be used, or ``None`` when it can: the marker is
+    missing or unreadable, or a file it lists is missing, has another size or (the weights)
+    another sha256."""
+    if not folder.is_dir():
+        return "missing" if not os.path.lexists(folder) else "not a folder"
+    try:
+        listed = json.loads((folder / MARKER_FILE).read_text())["files"]
+        expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in listed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"no readable {MARKER_FILE}: an unfinished build, or one from before markers"
+    if WEIGHTS_FILE not in expected:
+        return f"{MARKER_FILE} lists no {WEIGHTS_FILE}"
+    for name, (size, digest) in expected.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, expected {size}"
+        if name == WEIGHTS_FILE and _sha256(path) != digest:
+            return f"{name} does not match its sha256"
+    return None
+
+
+# ----------------------------------------------------------------- shipped models
+# The default-size model of each family ships with the package (built once by ``--ship``),
+# so every user starts from the same weights; ``manifest.json`` holds each file's sha256,
+# the build command and config, and accuracies measured on the shipped weights.
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+SHIPPED_MANIFEST = SHIPPED_MODELS / "manifest.json"
+# Greedy accuracy on the first test items of this many, recorded at shipping and checked
+# exactly by the tests (the weights are fixed).
+SHIPPED_SLICE = 40
+VARIANTS = ("default", "tiny", "cache")
+
+
+class ShippedModelError(RuntimeError):
+    """A shipped built-in model does not match its manifest."""
+
+
+def shipped_manifest() -> dict:
+    return json.loads(SHIPPED_MANIFEST.read_text()) if SHIPPED_MANIFEST.is_file() else {}
+
+
+def shipped_model_path(family: str) -> Path | None:
+    """The shipped folder of ``family``'s default model, its files checked against the
+    manifest; ``None`` where the package ships none for it."""
+    entry = shipped_manifest().get(family)
+    if entry is None:
+        return None
+    folder = SHIPPED_MODELS / family
+    for name, digest in entry["files"].items():
+        path = folder / name
+        actual = _sha256(path) if path.is_file() else "missing"
+        if actual != digest:
+            raise ShippedModelError(
+                f"the shipped built-in model file {path} is {'missing' if actual == 'missing' else f'damaged (sha256 {actual[:12]}…, the manifest says {digest[:12]}…)'}: "
+                f"reinstall trice_rl, or rebuild it with `python -m trice_rl.builtin_model --family {family}` and use --model builtin:{family}:cache"
+            )
+    return folder
+
+
+def resolve_builtin(name: str) -> Path:
+    """``builtin[:<family>[:<variant>]]`` → a model folder.  Variants: ``default`` (the
+    shipped model, or a cache build where none ships), ``tiny`` (a seconds-long cache build
+    for tests), ``cache`` (the default model rebuilt from the recipe into the cache)."""
+    _, family, variant = (name.split(":") + ["", ""])[:3]
+    family, variant = family or "arithmetic", variant or "default"
+    if family not in FAMILIES or variant not in VARIANTS:
+        raise ValueError(f"unknown built-in model {name!r}: use builtin:<family>[:<variant>], families {', '.join(FAMILIES)}, variants {', '.join(VARIANTS)}")
+    if variant == "default":
+        shipped = shipped_model_path(family)
+        if shipped is not None:
+            return shipped
+    return builtin_model_path(family, "tiny" if variant == "tiny" else "default")
+
+
+def ship(family: str, threads: int | None = None) -> dict:
+    """Copy the family's default cache build into the package and record it in the
+    manifest, with the greedy accuracy of the shipped files on the first test items."""
+    source = builtin_model_path(family, threads=threads)
+    target = SHIPPED_MODELS / family
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for path in sorted(source.iterdir()):
+        if path.is_file() and path.name != MARKER_FILE:
+            shutil.copy2(path, target / path.name)
+    record = json.loads((target / CONFIG_FILE).read_text())
+    entry = {
+        "files": {path.name: _sha256(path) for path in sorted(target.iterdir())},
+        "build_command": f"python -m trice_rl.builtin_model --family {family} --ship",
+        "config": record["config"],
+        "build": {key: record[key] for key in ("parameters", "build_seconds", "final_loss")},
+    }
+    _record_shipped(family, entry)
+    entry["slice_greedy"] = slice_greedy_accuracy(family)  # loads the shipped files
+    _record_shipped(family, entry)
+    return entry
+
+
+def _record_shipped(family: str, entry: dict) -> None:
+    manifest = shipped_manifest() | {family: entry}
+    SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def slice_greedy_accuracy(family: str) -> float:
+    """Greedy chain-of-thought accuracy of ``builtin:<family>`` on the first
+    :data:`SHIPPED_SLICE` test items."""
+    from trice_rl.evaluation import EvalConfig, evaluate
+    from trice_rl.policy import Policy
+
+    policy = Policy.from_pretrained(f"builtin:{family}")
+    config = EvalConfig(split="test", max_examples=SHIPPED_SLICE, majority_k=0, max_new_tokens=MAX_NEW_TOKENS[family])
+    return evaluate(policy, family_task(family), config)["eval_acc_greedy"]
 
 
 # ----------------------------------------------------------------------- tokenizer
@@ -260,20 +428,40 @@ _PROBLEMS: dict[str, Callable[[np.random.Generator, int], Problem]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def held_out_questions(family: str) -> frozenset[str]:
+    """The :func:`~envs.base.question_key` of every question the family's task evaluates or
+    validates on (its default configuration's validation and test splits; for the BBH
+    families the 250 real items and the procedural validation split).  No pre-training
+    document may contain one, or held-out accuracy would partly measure memorisation."""
+    task = family_task(family)
+    return frozenset(question_key(example.question) for split in ("validation", "test") for example in task.examples(split))
+
+
 def corpus_documents(config: BuiltinConfig, num_documents: int) -> Iterator[list[tuple[str, bool]]]:
-    """Training documents as (text, trained-on) segments: prompts are context only."""
+    """Training documents as (text, trained-on) segments: prompts are context only.  Every
+    family's corpus goes through here, and a problem whose question is held out
+    (:func:`held_out_questions`) is redrawn."""
     rng = np.random.default_rng([config.seed, FAMILIES.index(config.family)])
     templates = Task()
-    draw = _PROBLEMS[config.family]
+    held_out = held_out_questions(config.family)
     problem_index = 0
+
+    def draw() -> Problem:
+        nonlocal problem_index
+        while True:
+            problem = _PROBLEMS[config.family](rng, problem_index)
+            problem_index += 1
+            if question_key(problem[0]) not in held_out:
+                return problem
+
     cot_fraction = 1 - config.hinted_fraction - config.direct_fraction
     for _ in range(num_documents):
         kind = rng.choice(["cot", "hinted", "direct"], p=[cot_fraction, config.hinted_fraction, config.direct_fraction])
         num_shots = int(rng.integers(1, config.max_few_shot + 1)) if rng.random() < config.few_shot_fraction else 0
         segments: list[tuple[str, bool]] = []
         for shot in range(num_shots + 1):
-            question, answer, rationale = draw(rng, problem_index)
-            problem_index += 1
+            question, answer, rationale = draw()
             if kind == "cot":
                 segments += [(templates.cot_prompt(question), False), (rationale(config.cot_mistake_rate), True)]
             elif kind == "hinted":
@@ -300,7 +488,7 @@ def _batches(config: BuiltinConfig, vocab: dict[str, int]) -> list[tuple[torch.T
     padding), in a seeded random order."""
     documents = [_encode(d, vocab) for d in corpus_documents(config, config.train_steps * config.batch_size)]
     rng = np.random.default_rng([config.seed, len(FAMILIES)])
-    chunk = 50 * config.batch_size
+    chunk = config.length_sort_batches * config.batch_size
     groups = []
     for start in range(0, len(documents), chunk):
         block = sorted(documents[start : start + chunk], key=lambda d: len(d[0]))
@@ -359,7 +547,7 @@ def build(config: BuiltinConfig, folder: Path) -> None:
             )
         )
         batches = _batches(config, vocab)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.adam_betas)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, config))
         model.train()
         progress = tqdm(batches, desc=f"building builtin model {config.folder_name()}", unit="step", mininterval=2)
@@ -371,7 +559,7 @@ def build(config: BuiltinConfig, folder: Path) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
@@ -391,11 +579,12 @@ def build(config: BuiltinConfig, folder: Path) -> None:
 
 
 def _learning_rate_factor(step: int, config: BuiltinConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    """Linear warm-up, then cosine decay to ``learning_rate_floor`` of the peak."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.train_steps - config.warmup_steps)
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+    floor = config.learning_rate_floor
+    return floor + (1 - floor) / 2 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # The attention implementation a built-in model is loaded with on a CPU (by the Policy, and
@@ -465,23 +654,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache holds the model")
     parser.add_argument("--examples", type=int, default=200, help="examples per split to evaluate (0: none)")
     parser.add_argument("--samples", type=int, default=8, help="samples per example for sampled accuracy")
+    parser.add_argument("--threads", type=int, help="torch threads for a build (default: 2; 1 on a busy machine)")
+    parser.add_argument("--ship", action="store_true", help="copy the default build into the package (trice_rl/models) and record it in its manifest")
     args = parser.parse_args(argv)
 
-    folder = builtin_model_path(args.family, args.size, args.seed, rebuild=args.force)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.ship and (args.size != "default" or args.seed != 0):
+        parser.error("--ship ships the default size built with seed 0")
+    folder = builtin_model_path(args.family, args.size, args.seed, rebuild=args.force, threads=args.threads)
     record = json.loads((folder / CONFIG_FILE).read_text())
     print(f"model: {folder}")
     print(f"parameters: {record['parameters']:,}  build: {record['build_seconds']} s  final loss: {record['final_loss']}")
+    entry = None
+    if args.ship:
+        entry = ship(args.family, args.threads)
+        folder = SHIPPED_MODELS / args.family
+        print(f"shipped to {folder}: greedy {entry['slice_greedy']:.3f} on the first {SHIPPED_SLICE} test items")
     if args.examples <= 0:
         return
     from envs.base import DataError
 
     try:
-        splits = ("train", "test")
-        for split in splits:
-            result = measure_accuracy(folder, args.family, split, args.examples, args.samples, args.seed)
-            print(f"{split:>5}: " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+        accuracy = {split: measure_accuracy(folder, args.family, split, args.examples, args.samples, args.seed) for split in ("train", "test")}
     except DataError as error:
         print(f"not evaluated: {error}")
+        return
+    for split, result in accuracy.items():
+        print(f"{split:>5}: " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    if entry is not None:
+        _record_shipped(args.family, entry | {"accuracy": accuracy, "accuracy_command": f"python -m trice_rl.builtin_model --family {args.family} --examples {args.examples} --samples {args.samples}"})
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ def evaluate(policy: Policy, task: Task, config: EvalConfig | None = None, promp
             greedy = policy.greedy(prompts, max_new_tokens=config.max_new_tokens, stop=stop, batch_size=config.batch_size)
             answers = [task.extract_answer(t) for t in completion_texts(task, greedy.texts, prompt_kind)]
             results["eval_acc_greedy"] = float(np.mean([a is not None and a == t for a, t in zip(answers, targets)]))
+            steps_right = task.steps_right(questions, greedy.texts) if prompt_kind == "cot" else None
+            if steps_right is not None:  # the share of items solved with every step right
+                results["eval_steps_right"] = float(steps_right.mean())
         if config.majority_k:
             k = config.majority_k
             samples = policy.sample(prompts, n=k, max_new_tokens=config.max_new_tokens, stop=stop, seed=seed, batch_size=config.batch_size)

@@ -8,7 +8,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-BUDGET_COLUMNS = ("samples_drawn", "tokens_generated", "tokens_scored", "grad_steps", "wall_seconds")
+BUDGET_COLUMNS = ("samples_drawn", "tokens_generated", "tokens_scored", "grad_steps", "wall_seconds", "train_flops")
+# Methods that train on rationales they sample: the FLOPs-matched point is where all of
+# these arrived (cot-sft and prompt-tuning decode nothing and would pin it near zero).
+SAMPLING_METHODS = ("trice", "trice-nocv", "trice-k", "star", "rft", "rest-em", "grpo")
 
 
 def load_runs(folders: Iterable[str | Path]) -> pd.DataFrame:
@@ -26,10 +29,32 @@ def load_runs(folders: Iterable[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def matched_accuracy(runs: pd.DataFrame, x: str = "train_flops", y: str = "eval_acc_greedy") -> pd.DataFrame:
+    """Each run's ``y`` at the matched ``x``: per seed, the largest ``x`` that every sampling
+    method reached (:data:`SAMPLING_METHODS`; all methods if none is present), read off the
+    curve as the last evaluation at or before it (no new run, no interpolation).  Returns
+    one row per (algo, seed) with ``matched_<x>`` and ``<y>_at_matched_<x>``."""
+    finals = runs.groupby(["algo", "seed"])[x].max().reset_index()
+    pacing = finals[finals["algo"].isin(SAMPLING_METHODS)]
+    matched = (pacing if not pacing.empty else finals).groupby("seed")[x].min()
+    rows = []
+    for (algo, seed), group in runs.dropna(subset=[y]).groupby(["algo", "seed"]):
+        reached = group[group[x] <= matched[seed]]
+        rows.append({"algo": algo, "seed": seed, f"matched_{x}": matched[seed], f"{y}_at_matched_{x}": reached[y].iloc[-1] if len(reached) else np.nan})
+    return pd.DataFrame(rows)
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Final greedy / majority-of-k accuracy per algorithm: mean and std over seeds."""
+    """Final greedy / majority-of-k accuracy per algorithm, and greedy accuracy at equal
+    training FLOPs (:func:`matched_accuracy`): mean and std over seeds."""
     finals = runs.groupby(["algo", "seed"]).tail(1)  # file order: the final evaluation row
-    metrics = [c for c in ("eval_acc_greedy", "eval_acc_majority", "samples_drawn", "wall_seconds") if c in finals]
+    if "train_flops" in runs and runs["train_flops"].notna().all():
+        finals = finals.merge(matched_accuracy(runs), on=["algo", "seed"])
+    metrics = [
+        c
+        for c in ("eval_acc_greedy", "eval_acc_greedy_at_matched_train_flops", "eval_acc_majority", "samples_drawn", "train_flops", "wall_seconds")
+        if c in finals
+    ]
     table = finals.groupby("algo")[metrics].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table["seeds"] = finals.groupby("algo")["seed"].nunique()

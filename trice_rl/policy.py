@@ -1,65 +1,34 @@
 """The one Policy every algorithm uses: a Hugging Face causal LM, its tokenizer and the
 parameters being tuned.
 
-Why a hand-written sampling loop instead of ``model.generate``: TRICE's acceptance rule is
-only exact for unmodified ancestral samples, and every algorithm needs the summed
-log-probability of exactly the tokens it drew.  The loop below samples from the model's
-softmax at temperature 1 (no top-k / top-p unless asked), keeps the KV cache, left-pads
-prompts with position ids derived from the attention mask (so padding never changes a
-result), encodes each prompt once for its ``n`` samples and drops finished rows from the
-batch.  The soft prompt of ``tune="prompt"`` is prepended by this class for the same
-reason: exact control of positions and masks.  peft still owns the tunable parameters
-(initialisation, ``save_pretrained`` format).
+Sampling and greedy decoding live in :mod:`trice_rl.decoding` (exact ancestral samples
+and their log-probabilities, a lean forward for Llama models).  The soft prompt of
+``tune="prompt"`` is prepended by this class, not by peft, for exact control of positions
+and masks; peft still owns the tunable parameters (initialisation, ``save_pretrained``
+format).
 
 Every call is charged to a :class:`~trice_rl.budget.BudgetMeter`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
-from transformers.cache_utils import DynamicLayer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from trice_rl.budget import BudgetMeter
+from trice_rl.budget import BudgetMeter, FlopCosts
+from trice_rl.decoding import Samples, decode
 
 TUNE_MODES = ("full", "lora", "prompt")
 DEFAULT_SOFT_PROMPT_TEXT = "Let's think step by step about the question and then give the answer."
 _POLICY_FILE = "trice_rl_policy.json"
 
 Completion = str | Sequence[int]
-
-
-@dataclass
-class Samples:
-    """Completions drawn by :meth:`Policy.sample` (prompt-major: prompt ``i``'s samples are
-    rows ``i*n .. i*n+n-1``).
-
-    ``token_ids`` are exactly the tokens drawn, including the EOS token or the tokens of the
-    stop string that ended a sample; pass them (not ``texts``) to :meth:`Policy.logprob` to
-    score a sample exactly.  ``texts`` are decoded without special tokens and cut before the
-    stop string.  ``logprobs`` are the summed log-probabilities of ``token_ids`` under the
-    model (temperature 1, no truncation), whatever sampling settings drew them.
-    """
-
-    texts: list[str]
-    token_ids: list[list[int]]
-    logprobs: torch.Tensor
-    prompt_index: list[int]
-    finished: list[bool]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(ids) for ids in self.token_ids)
 
 
 class Policy:
@@ -167,6 +136,23 @@ class Policy:
     def num_trainable_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.trainable_parameters())
 
+    @functools.cached_property
+    def flop_costs(self) -> FlopCosts:
+        """Model FLOPs per token (see ``trice_rl.budget``): N counts every parameter but the
+        embeddings (input, output head, soft prompt), which cost a lookup, not a matmul."""
+        embeddings = [m for m in self.model.modules() if isinstance(m, torch.nn.Embedding)]
+        embeddings.append(self.base_model.get_output_embeddings())
+        skip = {id(p) for module in embeddings if module is not None for p in module.parameters()}
+        counted = [p for p in self.model.parameters() if id(p) not in skip]
+        return FlopCosts.from_counts(sum(p.numel() for p in counted), sum(p.numel() for p in counted if p.requires_grad))
+
+    def charge_flops(self, sequences: int, positions: int, backprop: bool) -> None:
+        """Charge the model FLOPs of ``positions`` tokens in ``sequences`` rows (each row also
+        runs through the soft prompt's virtual tokens, if any)."""
+        costs = self.flop_costs
+        tokens = positions + sequences * self._num_virtual_tokens
+        self.meter.add_flops((costs.backprop if backprop else costs.forward) * tokens)
+
     # ------------------------------------------------------------ the forward
     @property
     def _lm(self):
@@ -228,6 +214,8 @@ class Policy:
             for i in range(0, len(prompt_ids), batch_size)
         ]
         self.meter.add_scored(sum(len(ids) for ids in completion_ids))
+        positions = sum(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids))
+        self.charge_flops(len(prompt_ids), positions, backprop=torch.is_grad_enabled() and bool(self.trainable_parameters()))
         return torch.cat(parts) if parts else torch.zeros(0, device=self.device)
 
     def _logprob_batch(self, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> torch.Tensor:
@@ -294,110 +282,12 @@ class Policy:
             raise ValueError(f"n must be at least 1, got {n}")
         if temperature <= 0:
             raise ValueError("temperature must be positive; use greedy() for temperature 0")
-        return self._decode(prompts, n, temperature, max_new_tokens, stop, top_k, top_p, seed, batch_size, greedy=False)
+        return decode(self, prompts, n, temperature=temperature, max_new_tokens=max_new_tokens, stop=stop, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size, greedy=False)
 
     @torch.no_grad()
     def greedy(self, prompts: Sequence[str], *, max_new_tokens: int = 256, stop: Sequence[str] | None = None, batch_size: int | None = None) -> Samples:
         """Greedy (arg-max) decoding, for evaluation."""
-        return self._decode(prompts, 1, 1.0, max_new_tokens, stop, None, None, None, batch_size, greedy=True)
-
-    def _decode(self, prompts, n, temperature, max_new_tokens, stop, top_k, top_p, seed, batch_size, greedy) -> Samples:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        generator = self.generator if seed is None else torch.Generator(device=self.device).manual_seed(seed)
-        stop = tuple(s for s in (stop or ()) if s)
-        prompt_ids = self.encode_prompts(prompts)
-        batch_rows = batch_size or self.max_batch_size
-        prompts_per_batch = max(1, batch_rows // n)
-        was_training = self.model.training
-        self.model.eval()
-        token_ids: list[list[int]] = []
-        logprobs: list[torch.Tensor] = []
-        finished: list[bool] = []
-        try:
-            for start in range(0, len(prompt_ids), prompts_per_batch):
-                ids, lps, done = self._decode_batch(
-                    prompt_ids[start : start + prompts_per_batch], n, temperature, max_new_tokens, stop, top_k, top_p, generator, greedy
-                )
-                token_ids += ids
-                logprobs.append(lps)
-                finished += done
-        finally:
-            self.model.train(was_training)
-        texts = [self._completion_text(ids, stop) for ids in token_ids]
-        samples = Samples(
-            texts=texts,
-            token_ids=token_ids,
-            logprobs=torch.cat(logprobs) if logprobs else torch.zeros(0),
-            prompt_index=[i for i in range(len(prompts)) for _ in range(n)],
-            finished=finished,
-        )
-        self.meter.add_samples(len(samples), samples.num_tokens)
-        return samples
-
-    def _completion_text(self, ids: list[int], stop: tuple[str, ...]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((text.find(s) for s in stop if s in text), default=-1)
-        return text[:cut] if cut >= 0 else text
-
-    def _decode_batch(self, prompt_ids, n, temperature, max_new_tokens, stop, top_k, top_p, generator, greedy):
-        device = self.device
-        prompt_len = max(len(ids) for ids in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), prompt_len), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompt_ids):
-            input_ids[row, prompt_len - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[row, prompt_len - len(ids) :] = 1
-        input_ids, mask = input_ids.to(device), self._mask_with_soft_prompt(mask.to(device))
-
-        # Encode each prompt once, then copy its cache for its n samples.
-        cache = _preallocated_cache(self._lm.config, prompt_len + self._num_virtual_tokens + max_new_tokens)
-        logits = self._forward(input_ids, mask, cache=cache, logits_to_keep=1)[:, -1].float()
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-            logits = logits.repeat_interleave(n, dim=0)
-            mask = mask.repeat_interleave(n, dim=0)
-        rows = logits.shape[0]
-        active = torch.arange(rows, device=device)  # original row of each row still running
-        generated = torch.full((rows, max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
-        lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        total_logprob = torch.zeros(rows, dtype=torch.float32, device=device)
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        eos = torch.tensor(self.eos_token_ids, device=device)
-        stop_window = max((len(s) for s in stop), default=0) + 2
-
-        for step in range(max_new_tokens):
-            model_logprobs = torch.log_softmax(logits, dim=-1)
-            if greedy:
-                next_tokens = model_logprobs.argmax(dim=-1)
-            elif temperature == 1.0 and top_k is None and top_p is None:  # the model's own softmax
-                next_tokens = torch.multinomial(model_logprobs.exp(), 1, generator=generator).squeeze(-1)
-            else:
-                next_tokens = _draw(logits, temperature, top_k, top_p, generator)
-            total_logprob[active] += model_logprobs.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
-            generated[active, step] = next_tokens
-            lengths[active] += 1
-            ended = torch.isin(next_tokens, eos)
-            if stop:
-                ended |= self._hits_stop_string(generated[active, max(0, step + 1 - stop_window) : step + 1], stop)
-            done[active[ended]] = True
-            keep = ~ended
-            if not keep.any() or step + 1 == max_new_tokens:
-                break
-            if not keep.all():
-                kept = _fill_holes(keep)
-                cache.batch_select_indices(kept)
-                active, mask, next_tokens = active[kept], mask[kept], next_tokens[kept]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = self._forward(next_tokens.unsqueeze(-1), mask, cache=cache, logits_to_keep=1)[:, -1].float()
-
-        generated, lengths = generated.cpu(), lengths.cpu()
-        token_ids = [generated[row, : lengths[row]].tolist() for row in range(rows)]
-        return token_ids, total_logprob.cpu(), done.cpu().tolist()
-
-    def _hits_stop_string(self, tails: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(tails.tolist(), skip_special_tokens=True)
-        return torch.tensor([any(s in text for s in stop) for text in texts], dtype=torch.bool, device=tails.device)
+        return decode(self, prompts, 1, temperature=1.0, max_new_tokens=max_new_tokens, stop=stop, top_k=None, top_p=None, seed=None, batch_size=batch_size, greedy=True)
 
     # -------------------------------------------------------------- optimizer
     def make_optimizer(self, lr: float, weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
@@ -478,100 +368,6 @@ class Policy:
         self.generator.set_state(state)
 
 
-class _PreallocatedLayer(DynamicLayer):
-    """A full-attention cache layer that writes each step into a buffer sized for the whole
-    decode.  ``DynamicLayer`` concatenates the whole cache with every new token, which made
-    a third of the built-in model's decoding time on a CPU; this one copies only the new
-    token's keys and values and hands attention a view of the filled part."""
-
-    def __init__(self, capacity: int):
-        super().__init__()
-        self.capacity = capacity
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.device = key_states.device
-        batch, heads, _, _ = key_states.shape
-        self.key_buffer = key_states.new_empty(batch, heads, self.capacity, key_states.shape[-1])
-        self.value_buffer = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"the cache holds {self.capacity} positions; {end} were written")
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self._expose()
-        return self.keys, self.values
-
-    def _expose(self) -> None:
-        self.keys = self.key_buffer[:, :, : self.length]
-        self.values = self.value_buffer[:, :, : self.length]
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.length:
-            self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-            self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-            self._expose()
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep the rows ``indices`` (no more than there are), in that order: only the rows
-        that change place are copied, and only their filled positions."""
-        if not self.is_initialized:
-            return
-        if len(indices) > self.key_buffer.shape[0]:
-            raise ValueError(f"cannot select {len(indices)} rows from {self.key_buffer.shape[0]}")
-        if self.length:
-            moved = (indices != torch.arange(len(indices), device=indices.device)).nonzero().squeeze(-1)
-            if len(moved):
-                sources = indices[moved]
-                # Gathered before written, so a source that is also a target is read intact.
-                self.key_buffer[moved, :, : self.length] = self.key_buffer[sources, :, : self.length]
-                self.value_buffer[moved, :, : self.length] = self.value_buffer[sources, :, : self.length]
-        self.key_buffer = self.key_buffer[: len(indices)]
-        self.value_buffer = self.value_buffer[: len(indices)]
-        self._expose()
-
-
-def _fill_holes(keep: torch.Tensor) -> torch.Tensor:
-    """Row indices that keep the rows where ``keep`` is true: each dropped row among the
-    first ``keep.sum()`` is replaced by a kept row from after them, so that compacting the
-    KV cache moves only as many rows as were dropped (copying every kept row into a new
-    buffer cost seven times an attention pass over it)."""
-    count = int(keep.sum())
-    order = torch.arange(count, device=keep.device)
-    order[(~keep[:count]).nonzero().squeeze(-1)] = keep[count:].nonzero().squeeze(-1) + count
-    return order
-
-
-def _preallocated_cache(config, capacity: int) -> DynamicCache:
-    """A ``DynamicCache`` whose full-attention layers are :class:`_PreallocatedLayer` of
-    ``capacity`` positions (sliding-window and other layer kinds stay as the model made them)."""
-    cache = DynamicCache(config=config)
-    cache.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
-
-
-def _draw(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator) -> torch.Tensor:
-    """One token per row from softmax(logits / temperature), optionally truncated."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
 def _eos_ids(model: PreTrainedModel, tokenizer) -> list[int]:
     ids: set[int] = set()
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -592,10 +388,9 @@ def resolve_model_path(name_or_path: str) -> str:
     """``builtin`` / ``builtin:<family>[:<size>]`` → the cached built-in model folder (built
     on first use); an existing local folder as is; anything else is treated as a hub id."""
     if is_builtin(name_or_path):
-        from trice_rl.builtin_model import builtin_model_path
+        from trice_rl.builtin_model import resolve_builtin
 
-        _, family, size = (name_or_path.split(":") + ["", ""])[:3]
-        return str(builtin_model_path(family=family or "arithmetic", size=size or "default"))
+        return str(resolve_builtin(name_or_path))
     if os.path.isdir(name_or_path):
         return name_or_path
     if os.path.sep in name_or_path and not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):

@@ -1,9 +1,18 @@
 """The one training loop: run an algorithm until the budget is spent, evaluate on held-out
-data every N samples, append a CSV row per step, checkpoint atomically, resume exactly."""
+data every N samples, append a CSV row per step, checkpoint atomically, resume exactly.
+
+Resuming is exact: a run killed at any point and resumed writes the same rows as the
+uninterrupted one (wall-clock columns aside).  A row is counted in a checkpoint only once
+it is on disk, resuming cuts the CSV back to the checkpoint's rows (a line torn by the kill
+included), and a finished run leaves ``<algo>-seed<k>.result.json``, which a resume
+returns without running anything again."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -14,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trice_rl.algorithm import Algorithm, MinibatchStream
-from trice_rl.budget import Budget
+from trice_rl.budget import SAMPLE_LIMITS, Budget
 from trice_rl.evaluation import EvalConfig, evaluate
 
 BASE_COLUMNS = (
@@ -26,6 +35,7 @@ BASE_COLUMNS = (
     "tokens_scored",
     "grad_steps",
     "wall_seconds",
+    "train_flops",
     "train_proposal_acc",
     "eval_acc_greedy",
     "eval_acc_majority",
@@ -33,6 +43,12 @@ BASE_COLUMNS = (
     "grad_variance",
     "grad_mean_norm",
     "tracked_solved",
+    # procedural tasks (which know their gold steps): the share with every step right of
+    # this step's correct samples, of the rationales the method holds (TRICE's correct
+    # memory entries, STaR's kept set), and of the greedy test outputs
+    "correct_steps_right",
+    "held_steps_right",
+    "eval_steps_right",
 )
 
 
@@ -55,12 +71,32 @@ class RunConfig:
     # benchmark's base model, shared by every run of a setting): logged at step 0 instead
     # of evaluating the same model again
     initial_eval: dict[str, float] | None = None
+    # a run stops (with a warning) when this many steps in a row spent nothing of the
+    # budget's limits other than seconds: an algorithm that cannot spend the budget's kind
+    # (STaR under an optimizer-steps budget while it never finds a correct rationale)
+    stall_steps: int = 1000
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write a whole file or nothing: a reader never sees a half-written one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line in a single write, on disk before returning: a kill can tear only
+    the last line, never one a checkpoint has counted."""
+    with open(path, "a", newline="") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def run_files(out_dir: str | os.PathLike, algo: str, seed: int) -> tuple[Path, Path]:
@@ -70,8 +106,9 @@ def run_files(out_dir: str | os.PathLike, algo: str, seed: int) -> tuple[Path, P
 
 
 class Runner:
-    """Drives one (algorithm, seed) run, writing ``<out>/<algo>-seed<seed>.csv`` and
-    ``<out>/checkpoints/<algo>-seed<seed>.pt``."""
+    """Drives one (algorithm, seed) run, writing ``<out>/<algo>-seed<seed>.csv``,
+    ``<out>/checkpoints/<algo>-seed<seed>.pt`` and, once finished,
+    ``<out>/<algo>-seed<seed>.result.json``."""
 
     def __init__(self, algorithm: Algorithm, config: RunConfig, out_dir: str | os.PathLike, progress: bool = True):
         self.algorithm = algorithm
@@ -79,38 +116,64 @@ class Runner:
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.csv_path, self.checkpoint_path = run_files(self.out_dir, algorithm.name, algorithm.seed)
+        self.result_path = self.csv_path.with_suffix(".result.json")
         extra = ("val_acc_greedy", "val_acc_majority") if config.final_validation else ()
         self.columns = BASE_COLUMNS + extra + tuple(m for m in algorithm.metric_names if m not in BASE_COLUMNS)
         self.rows_written = 0
         self.next_eval = 0
         self.setup_done = False
+        self.training_done = False
+        self.stalled, self.spent_before = 0, None  # steps in a row that spent no limit
         probe_size = min(config.variance_batch, len(algorithm.train))
         self.probe_indices = MinibatchStream(len(algorithm.train), seed=10_000 + algorithm.seed).next(probe_size)
 
     # ------------------------------------------------------------------ loop
-    def run(self, resume: bool = False) -> dict[str, float]:
-        algorithm, meter, budget = self.algorithm, self.algorithm.policy.meter, self.config.budget
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_path.parent.mkdir(exist_ok=True)
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Set up, train until the budget is spent, evaluate a last time; with ``resume``,
+        continue from the checkpoint, or return the result of a run that finished."""
+        if resume and self.result_path.exists():
+            return json.loads(self.result_path.read_text())
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and self.checkpoint_path.exists():
             self._load_checkpoint()
         else:
-            self._start_csv()
+            self._start()
         if not self.setup_done:
-            row = algorithm.setup() | self._tracked_solved()
+            row = self.algorithm.setup() | self._tracked_solved()
             known = self.config.initial_eval
             self._write_row(row | (self._evaluate(final=False) if known is None else self._skip_evaluation(known)))
             self.setup_done = True
             self._checkpoint()
+        if not self.training_done:
+            self._train()
+            self.training_done = True
+            self._checkpoint()  # the final parameters (read back by experiments/benchmark.py)
+        return self._finish()
+
+    def _start(self) -> None:
+        """A fresh run: the files of an earlier run in the folder are replaced (the
+        checkpoint first, so a kill before the first new one cannot resume the old run)."""
+        algorithm, meter = self.algorithm, self.algorithm.policy.meter
+        self.result_path.unlink(missing_ok=True)
+        self.checkpoint_path.unlink(missing_ok=True)
+        self._start_csv()
+        meter.start_clock()  # the run's own time, not a model build before it
+        if algorithm.schedule_horizon is None:
+            algorithm.schedule_horizon = algorithm.planned_optimizer_steps(self.config.budget)
+
+    def _train(self) -> None:
+        algorithm, meter, budget = self.algorithm, self.algorithm.policy.meter, self.config.budget
         bar = tqdm(total=1000, desc=f"{algorithm.name} seed {algorithm.seed}", disable=not self.progress, leave=False)
         bar.update(int(1000 * min(meter.fraction_used(budget), 1.0)))
-        last_row: dict[str, Any] = {}
-        while not meter.exhausted(budget):
+        while not self._should_stop():
             metrics = algorithm.step()
             algorithm.steps_done += 1
-            row = dict(metrics) | self._tracked_solved()
+            row = dict(metrics) | self._tracked_solved() | algorithm.pop_rationale_stats()
             if self.config.variance_every and algorithm.steps_done % self.config.variance_every == 0:
                 row |= self._variance_probe()
+            if self._stalls():
+                tqdm.write(f"{algorithm.name} seed {algorithm.seed}: stopped, {self.stalled} steps spent none of the budget's limits")
+                break
             evaluated = meter.samples >= self.next_eval and not meter.exhausted(budget)
             if evaluated:
                 row |= self._evaluate(final=False)
@@ -121,13 +184,41 @@ class Runner:
             bar.set_postfix(acc=last_row.get("eval_acc_greedy") or "", train=f"{metrics.get('train_proposal_acc', float('nan')):.2f}")
             bar.refresh()
         bar.close()
+
+    def _finish(self) -> dict[str, Any]:
+        """The final evaluation row, then the result file that marks the run finished."""
+        algorithm = self.algorithm
         final = self._evaluate(final=True) | self._tracked_solved()
         if self.config.final_validation:
-            validation = evaluate(self.algorithm.policy, self.algorithm.task, self.config.final_validation, self.algorithm.prompt_kind, self.algorithm.seed)
+            validation = evaluate(algorithm.policy, algorithm.task, self.config.final_validation, algorithm.prompt_kind, algorithm.seed)
             final |= {f"val_{key.removeprefix('eval_')}": value for key, value in validation.items() if key != "eval_acc_sampled"}
         self._write_row(final)
-        self._checkpoint()
-        return {"algo": algorithm.name, "seed": algorithm.seed, **final, **self._usage()}
+        result = {"algo": algorithm.name, "seed": algorithm.seed, **final, **self._usage()}
+        atomic_write_text(json.dumps(result, indent=2), self.result_path)
+        return result
+
+    def _should_stop(self) -> bool:
+        """Whether the budget is spent.  A samples limit counts as spent when the next step
+        cannot pay for one example; then the algorithm may still finish work that draws no
+        samples (:meth:`Algorithm.wrap_up`) while the other limits allow."""
+        algorithm, meter, budget = self.algorithm, self.algorithm.policy.meter, self.config.budget
+        spent = meter.spent_limits(budget)
+        if budget.samples is not None:
+            algorithm.sample_allowance = int(budget.samples - meter.samples)
+            if algorithm.step_samples() > algorithm.sample_allowance:
+                spent.add("samples")
+        if not spent:
+            return False
+        return not (spent <= SAMPLE_LIMITS and algorithm.wrap_up())
+
+    def _stalls(self) -> bool:
+        """Whether ``stall_steps`` steps in a row have spent none of the budget's limits
+        other than seconds (the count is checkpointed: a resumed run stops where it would)."""
+        usage = dataclasses.asdict(self.algorithm.policy.meter.usage())
+        spent = [usage[name] for name, limit in dataclasses.asdict(self.config.budget).items() if limit is not None and name != "seconds"]
+        self.stalled = self.stalled + 1 if spent == self.spent_before else 0
+        self.spent_before = spent
+        return self.stalled >= self.config.stall_steps
 
     # ------------------------------------------------------------ evaluation
     def _evaluate(self, final: bool) -> dict[str, float]:
@@ -174,19 +265,28 @@ class Runner:
             "tokens_scored": meter.tokens_scored,
             "grad_steps": meter.optimizer_steps,
             "wall_seconds": round(meter.seconds, 3),
+            "train_flops": meter.flops,
         }
 
     def _start_csv(self) -> None:
-        with open(self.csv_path, "w", newline="") as f:
-            csv.writer(f).writerow(self.columns)
+        atomic_write_text(_csv_line(self.columns), self.csv_path)
         self.rows_written = 0
 
     def _write_row(self, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"algo": self.algorithm.name, "seed": self.algorithm.seed, "step": self.algorithm.steps_done, **self._usage(), **metrics}
-        with open(self.csv_path, "a", newline="") as f:
-            csv.writer(f).writerow([_cell(row.get(column)) for column in self.columns])
+        append_line(self.csv_path, _csv_line([_cell(row.get(column)) for column in self.columns]))
         self.rows_written += 1
         return row
+
+    def _cut_csv(self) -> None:
+        """Keep the header and the rows the checkpoint counted: the resumed run writes the
+        later ones again (a line torn by a kill goes with them)."""
+        keep = 1 + self.rows_written
+        with open(self.csv_path, "rb") as f:
+            lines = f.readlines()
+        if len(lines) < keep or not lines[keep - 1].endswith(b"\n"):
+            raise RuntimeError(f"{self.csv_path} holds fewer rows than its checkpoint counted ({self.rows_written}); start the run afresh")
+        os.truncate(self.csv_path, sum(len(line) for line in lines[:keep]))
 
     # ----------------------------------------------------------- checkpoints
     def _checkpoint(self) -> None:
@@ -200,6 +300,8 @@ class Runner:
                 "rows_written": self.rows_written,
                 "next_eval": self.next_eval,
                 "setup_done": self.setup_done,
+                "training_done": self.training_done,
+                "stall": (self.stalled, self.spent_before),
             },
             self.checkpoint_path,
         )
@@ -214,11 +316,15 @@ class Runner:
         self.rows_written = state["rows_written"]
         self.next_eval = state["next_eval"]
         self.setup_done = state["setup_done"]
-        # Drop rows written after the checkpoint: the resumed run writes them again.
-        with open(self.csv_path, newline="") as f:
-            lines = f.readlines()
-        with open(self.csv_path, "w", newline="") as f:
-            f.writelines(lines[: 1 + self.rows_written])
+        self.training_done = state.get("training_done", False)
+        self.stalled, self.spent_before = state.get("stall", (0, None))
+        self._cut_csv()
+
+
+def _csv_line(cells: list[Any] | tuple[Any, ...]) -> str:
+    line = io.StringIO()
+    csv.writer(line).writerow(cells)
+    return line.getvalue()
 
 
 def _cell(value: Any) -> Any:
