@@ -42,6 +42,7 @@ import importlib
 import json
 import os
 import re
+from typing import Callable
 
 import numpy as np
 
@@ -157,8 +158,9 @@ class BBHTask(Task):
     Arguments: ``task_name`` (one of :data:`BBH_TASKS`), ``data_dir`` (default
     ``$TRICE_RL_DATA``, else the download cache of :mod:`envs.download`), ``few_shot``
     (prepend the task's 3 CoT exemplars), ``train_source`` (``"real"`` or ``"procedural"``),
-    ``seed`` (split seed for real data, generator seed for procedural data), ``num_train`` and
-    ``num_validation`` (procedural only).
+    ``seed`` (split seed for real data, generator seed for procedural data), ``num_train``,
+    ``num_validation`` and ``generator`` (procedural only; ``(index, seed) -> Example``,
+    default: the task's generator in :mod:`envs.procedural_bbh`).
     """
 
     def __init__(
@@ -170,6 +172,7 @@ class BBHTask(Task):
         seed: int = 0,
         num_train: int = 1000,
         num_validation: int = 250,
+        generator: Callable[[int, int], Example] | None = None,
     ):
         super().__init__()
         if task_name not in BBH_TASKS:
@@ -191,6 +194,8 @@ class BBHTask(Task):
         self.seed = seed
         self.num_train = num_train
         self.num_validation = num_validation
+        # (index, seed) -> Example: the task's procedural generator unless one is given
+        self.generator = generator
         if few_shot:
             self.few_shot_prefix = "".join(
                 COT_TEMPLATE.format(question=question) + rationale + FEW_SHOT_SEPARATOR
@@ -240,7 +245,7 @@ class BBHTask(Task):
         return Example(question=item["input"], answer=item["target"])
 
     def _procedural(self, split: str, real: list[Example]) -> list[Example]:
-        generate = getattr(importlib.import_module("envs.procedural_bbh"), f"generate_{self.task_name}")
+        generate = self.generator or getattr(importlib.import_module("envs.procedural_bbh"), f"generate_{self.task_name}")
         taken = {question_key(example.question) for example in real}
         if split == "train":
             start, count = 0, self.num_train

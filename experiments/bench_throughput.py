@@ -256,13 +256,8 @@ def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, 
     def generate():
         with torch.no_grad():
             out = model.generate(
-                **encoded,
-                **drawing,
-                num_return_sequences=n,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                eos_token_id=eos,
-                pad_token_id=tokenizer.pad_token_id,
+                **encoded, **drawing, num_return_sequences=n, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
             )
         generated = out.shape[1] - encoded["input_ids"].shape[1]
         assert generated == new_tokens, generated
@@ -270,18 +265,7 @@ def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, 
 
     results = {}
     runs = {ours_name: ours, "model.generate": generate}
-    for fn in runs.values():  # warm-up
-        fn()
-    times = {name: [] for name in runs}
-    flops = {name: [] for name in runs}
-    tokens = {}
-    for _ in range(repeats):
-        for name, fn in runs.items():  # interleaved, so drifting load hits both alike
-            counter.reset()
-            start = time.perf_counter()
-            tokens[name] = fn()
-            times[name].append(time.perf_counter() - start)
-            flops[name].append(counter.flops)
+    times, flops, tokens = time_interleaved(runs, repeats, counter)
     counter.remove()
     for name in runs:
         seconds = statistics.median(times[name])
@@ -303,6 +287,24 @@ def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, 
         print_op_profile(ours_name, ours)
         print_profile("model.generate", generate)
     return finish(list(results.values()), peak)
+
+
+def time_interleaved(runs: dict, repeats: int, counter: FlopCounter) -> tuple[dict, dict, dict]:
+    """Seconds and model FLOPs of every repeat of each run (after one warm-up), and the
+    tokens each returned; runs alternate, so that drifting load hits all alike."""
+    for fn in runs.values():
+        fn()
+    times = {name: [] for name in runs}
+    flops = {name: [] for name in runs}
+    tokens = {}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            counter.reset()
+            start = time.perf_counter()
+            tokens[name] = fn()
+            times[name].append(time.perf_counter() - start)
+            flops[name].append(counter.flops)
+    return times, flops, tokens
 
 
 # ------------------------------------------------------------------ training steps
@@ -460,14 +462,39 @@ def print_profile(title: str, fn, lines: int = 25) -> None:
     print("\n".join(stream.getvalue().splitlines()[:lines + 12]))
 
 
+# Operator groups of the decoding profile; any other operator is in "other operators".
+OP_GROUPS = {
+    "linear layers (matmul)": ("aten::mm", "aten::addmm"),
+    "attention (matmul, softmax)": ("aten::bmm", "aten::_softmax"),
+    "copies (KV cache writes, layouts)": ("aten::copy_", "aten::cat", "aten::fill_"),
+    "elementwise (norms, RoPE, SiLU, residuals)": ("aten::mul", "aten::add", "aten::add_", "aten::silu", "aten::pow", "aten::mean", "aten::rsqrt", "aten::sum"),
+    "next token (log-softmax, draw, bookkeeping)": (
+        "aten::_log_softmax", "aten::argmax", "aten::searchsorted", "aten::cumsum", "aten::gather", "aten::index_add_", "aten::index_put_", "aten::isin",
+    ),
+}
+GROUP_OF_OP = {op: group for group, ops in OP_GROUPS.items() for op in ops}
+
+
 def print_op_profile(title: str, fn, lines: int = 20) -> None:
-    """Where the time goes below Python: torch operators by their own time."""
+    """Where the time goes below Python: torch operators by their own time, then by group;
+    the wall time no operator accounts for is Python and dispatch."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        start = time.perf_counter()
         fn()
+        wall = time.perf_counter() - start
+    averages = profiler.key_averages()
     print(f"\n--- torch operators: {title} (sorted by own time) ---")
-    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=lines))
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=lines))
+    groups: dict[str, float] = {}
+    for event in averages:
+        group = GROUP_OF_OP.get(event.key, "other operators")
+        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6
+    groups["Python and dispatch (wall time outside operators)"] = wall - sum(groups.values())
+    print(f"| where the time goes ({title}, {wall:.3f} s wall under the profiler) | s | share |\n|---|---|---|")
+    for group, seconds in sorted(groups.items(), key=lambda item: -item[1]):
+        print(f"| {group} | {seconds:.3f} | {100 * seconds / wall:.0f}% |")
 
 
 COLUMNS = [

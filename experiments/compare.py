@@ -36,8 +36,9 @@ from transformers.utils import logging as transformers_logging  # noqa: E402
 import envs  # noqa: E402,F401  (registers the environments)
 from algorithms import ALGORITHM_NAMES, get_algorithm  # noqa: E402
 from envs.base import DataError, make_task  # noqa: E402
+from trice_rl.algorithm import config_help  # noqa: E402
 from trice_rl.budget import Budget, BudgetMeter  # noqa: E402
-from trice_rl.builtin_model import FAMILIES, MAX_NEW_TOKENS, SIZES  # noqa: E402
+from trice_rl.builtin_model import FAMILIES, MAX_NEW_TOKENS, VARIANTS  # noqa: E402
 from trice_rl.evaluation import EvalConfig  # noqa: E402
 from trice_rl.plotting import load_runs, plot_curves, summarize  # noqa: E402
 from trice_rl.policy import TUNE_MODES, Policy, is_builtin  # noqa: E402
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--env", help="a registered trice_rl/... environment id (default: the preset's)")
     parser.add_argument("--env-kwargs", type=json_object, help='JSON keyword arguments for the task, e.g. \'{"num_train": 500}\' (default: the preset\'s, for the preset\'s env only)')
-    parser.add_argument("--model", help="'builtin', 'builtin:<family>[:tiny]', a local folder or a hub id")
+    parser.add_argument("--model", help="'builtin', 'builtin:<family>[:tiny|:cache]', a local folder or a hub id")
     parser.add_argument("--tune", choices=TUNE_MODES, default="full", help="tunable parameters (prompt-tuning always uses a soft prompt)")
     parser.add_argument("--budget-samples", type=int, help="samples drawn per run (identical for every algorithm)")
     parser.add_argument("--budget-tokens", type=int, help="generated tokens per run, instead of samples")
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override an algorithm config field for every algorithm that has it (repeatable), e.g. --set lr=3e-4")
     parser.add_argument("--variance-every", type=int, help="steps between gradient-variance probes of the stochastic-gradient methods (0: off; default: the preset's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model weights' precision (default: as saved; a CPU runs float32)")
+    parser.add_argument("--list", action="store_true", help="print the environment ids and algorithm names, then exit")
+    parser.add_argument("--algo-help", metavar="NAME", choices=ALGORITHM_NAMES, help="print an algorithm's config fields (for --set) with defaults and help, then exit")
     parser.add_argument("--out", help="output folder (default: runs/compare-<time>)")
     parser.add_argument("--resume", action="store_true", help="continue the runs in --out from their checkpoints (with the same settings)")
     parser.add_argument("--no-progress", action="store_true")
@@ -123,11 +127,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     allowed, not a traceback minutes into a run."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list or args.algo_help:
+        print(listing() if args.list else algorithm_help(args.algo_help))
+        parser.exit(0)
     try:
         resolve(args)
     except FlagError as error:
         parser.error(str(error))
     return args
+
+
+def listing() -> str:
+    environments = sorted(name for name in gym.registry if name.startswith("trice_rl/"))
+    return "environments:\n  " + "\n  ".join(environments) + "\nalgorithms:\n  " + "\n  ".join(ALGORITHM_NAMES)
+
+
+def algorithm_help(name: str) -> str:
+    """An algorithm's config fields as ``--set FIELD=VALUE`` takes them."""
+    rows = config_help(get_algorithm(name).Config)
+    width = max(len(f"{field}={json.dumps(default)}") for field, default, _ in rows)
+    return f"{name} (--set FIELD=VALUE):\n" + "\n".join(f"  {f'{field}={json.dumps(default)}':<{width}}  {text}" for field, default, text in rows)
 
 
 def resolve(args: argparse.Namespace) -> None:
@@ -227,8 +246,8 @@ def check_model(name: str) -> None:
     a hub id that is neither cached nor reachable."""
     if is_builtin(name):
         _, family, size = (name.split(":") + ["", ""])[:3]
-        if name.count(":") > 2 or (family or "arithmetic") not in FAMILIES or (size or "default") not in SIZES:
-            raise FlagError(f"--model {name!r}: the built-in model is builtin[:<family>[:<size>]], family one of {', '.join(FAMILIES)}, size one of {', '.join(SIZES)}")
+        if name.count(":") > 2 or (family or "arithmetic") not in FAMILIES or (size or "default") not in VARIANTS:
+            raise FlagError(f"--model {name!r}: the built-in model is builtin[:<family>[:<variant>]], family one of {', '.join(FAMILIES)}, variant one of {', '.join(VARIANTS)}")
         return
     path = Path(name).expanduser()
     if path.is_dir():
@@ -265,7 +284,7 @@ def load_task(env: str, kwargs: dict):
         try:
             examples = task.examples(split)
         except DataError as error:
-            raise FlagError(f"--env {env}: {error} (give the data with TRICE_RL_DATA=<folder> or --env-kwargs '{{\"data_dir\": \"<folder>\"}}')") from None
+            raise FlagError(f"--env {env}: {error}") from None  # it says how to supply the data
         except ValueError as error:
             raise FlagError(f"--env-kwargs for {env}: {error}") from None
         if not examples:
@@ -292,6 +311,7 @@ def run_settings(args: argparse.Namespace) -> dict:
         "model": args.model,
         "tune": args.tune,
         "device": args.device,
+        "dtype": args.dtype,
         "seeds": args.seeds,
         "budget": dataclasses.asdict(args.budget),
         "run": {"eval_every": args.eval_every, "eval": dataclasses.asdict(args.run_config.eval), "variance_every": args.variance_every},
@@ -313,6 +333,13 @@ def check_out(out: Path, settings: dict, resume: bool) -> None:
     changes = setting_changes(recorded, json.loads(json.dumps(settings)))
     if changes:
         raise FlagError(f"--resume: {out} holds runs with other settings: {'; '.join(changes)}; resume with the same flags, or give another --out")
+
+
+def write_config(args: argparse.Namespace) -> None:
+    """Create the output folder with its record of the runs' settings (and the command)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps({"command": " ".join(sys.argv), **args.settings}, indent=2), out / "config.json")
 
 
 _UNSET = object()
@@ -387,15 +414,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     transformers_logging.disable_progress_bar()  # one "Loading weights" bar per run is noise
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if not args.resume:  # a resumed folder keeps the record of the command that started it
-        atomic_write_text(json.dumps({"command": " ".join(sys.argv), **args.settings}, indent=2), out / "config.json")
+        write_config(args)
     started = time.perf_counter()
     results = []
     for name in args.algos:
         cls = get_algorithm(name)
         for seed in args.seeds:
-            policy = Policy.from_pretrained(args.model, tune=tune_mode(name, args.tune), seed=seed, meter=BudgetMeter(), device=args.device)
+            policy = Policy.from_pretrained(args.model, tune=tune_mode(name, args.tune), seed=seed, meter=BudgetMeter(), device=args.device, dtype=args.dtype)
             algorithm = cls(policy, args.task, args.configs[name], seed=seed)
             results.append(Runner(algorithm, args.run_config, out, progress=not args.no_progress).run(resume=args.resume))
     runs = load_runs([out])

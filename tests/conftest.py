@@ -1,6 +1,8 @@
 """Shared fixtures: the offline data folder, a character-level tokenizer, tiny policies."""
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,16 @@ from envs.base import Example, Task
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    """An experiments/ script as module ``name``, registered so that dataclasses and
+    worker processes (which import it by name) find it."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +93,13 @@ class CoinTask(Task):
 
     def extract_answer(self, completion):
         return "even" if len(completion) % 2 == 0 else "odd"
+
+
+@pytest.fixture(scope="module")
+def builtin_cache(tmp_path_factory):
+    """A private cache, so the tiny built-in model is built here, never in ~/.cache."""
+    cache = tmp_path_factory.mktemp("trice_rl_cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TRICE_RL_CACHE", str(cache))
+    yield cache
+    patch.undo()

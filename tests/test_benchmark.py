@@ -1,16 +1,18 @@
-"""experiments/benchmark.py and experiments/report.py end to end (smoke preset, tiny models)."""
+"""experiments/benchmark.py and experiments/report.py end to end (smoke preset, tiny models):
+a process-pool benchmark of minutes, so these run with ``-m slow`` (as .ci/run does)."""
 
 import json
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
-from tests.test_compare import builtin_cache, load_script  # noqa: F401  (fixture)
+from tests.conftest import REPO, load_script
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smoke_benchmark(builtin_cache, data_dir, tmp_path_factory):  # noqa: F811
+def smoke_benchmark(builtin_cache, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark")
     patch = pytest.MonkeyPatch()
     patch.syspath_prepend(str(REPO / "experiments"))  # spawned workers import the script by name
@@ -77,22 +79,25 @@ def test_a_rerun_skips_finished_runs(smoke_benchmark):
     assert f"reusing {first['runs']} of its {first['runs']} runs and 2 of its 2 TRL runs)" in line
 
 
-def test_the_report_replaces_only_its_section(smoke_benchmark, tmp_path):
+def test_the_report_writes_the_results_page(smoke_benchmark, tmp_path):
     _, out, _ = smoke_benchmark
     report = load_script("report")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\nbefore\n\n{report.START}\nstale section\n{report.END}\n\nafter\n")
-    report.main([str(out), "--readme", str(readme), "--docs", str(tmp_path / "docs")])
-    text = readme.read_text()
-    assert text.startswith("# Title\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "stale section" not in text
+    docs = tmp_path / "docs"
+    report.main([str(out), "--docs", str(docs)])
+    text = (docs / "results.md").read_text()
+    assert text.startswith("## Results") and report.START not in text
     assert "| arithmetic | trice |" in text and "| arithmetic | base model |" in text
-    assert "| arithmetic | TRL GRPOTrainer |" in text and (tmp_path / "docs" / "curves_arithmetic.png").exists()
+    assert "| arithmetic | TRL GRPOTrainer |" in text and (docs / "curves_arithmetic.png").exists()
+    # Every method at equal samples and at equal training FLOPs, the verdicts on both.
+    assert "test greedy at equal FLOPs" in text and "at equal FLOPs: difference" in text
+    results = pd.read_csv(out / "results.csv")
+    assert results["eval_acc_greedy_at_matched_train_flops"].notna().all()
     # TRL against our grpo: both over the two seeds, with the difference's standard error.
-    trl, results = pd.read_csv(out / "trl_grpo.csv"), pd.read_csv(out / "results.csv")
+    trl = pd.read_csv(out / "trl_grpo.csv")
     ours = results[results["method"] == "grpo"]["eval_acc_greedy"]
     row = next(line for line in text.splitlines() if line.startswith("| arithmetic | ") and line.count("|") == 8)
     assert f"| {report.mean_std(trl['eval_acc_greedy'])} | {report.mean_std(ours)} | {trl['eval_acc_greedy'].mean() - ours.mean():+.3f} ± " in row
-    assert "](docs/curves_arithmetic.png)" in text
+    assert "](curves_arithmetic.png)" in text
 
 
 def test_verdicts_follow_the_seed_spread():

@@ -1,34 +1,12 @@
 """experiments/compare.py and experiments/plot.py end to end, with the smoke preset."""
 
-import importlib.util
 import json
-import sys
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 from trice_rl import runner as runner_module
-
-
-def load_script(name):
-    """An experiments/ script as module ``name``, registered so that dataclasses and
-    worker processes (which import it by name) find it."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def builtin_cache(tmp_path_factory):
-    """A private cache, so the tiny built-in model is built here, never in ~/.cache."""
-    cache = tmp_path_factory.mktemp("trice_rl_cache")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("TRICE_RL_CACHE", str(cache))
-    yield cache
-    patch.undo()
 
 
 SMOKE = ["--preset", "smoke", "--no-progress", "--set", "max_new_tokens=24"]
@@ -72,10 +50,15 @@ def test_a_stopped_and_resumed_smoke_run_equals_the_uninterrupted_one(builtin_ca
     with pytest.raises(KeyboardInterrupt):
         compare.main([*args, "--out", str(tmp_path / "split")])
     monkeypatch.undo()
-    compare.main([*args, "--out", str(tmp_path / "split"), "--resume"])
+    resumed = compare.main([*args, "--out", str(tmp_path / "split"), "--resume"])
     whole = pd.read_csv(tmp_path / "whole" / "rft-seed1.csv").drop(columns="wall_seconds")
     split = pd.read_csv(tmp_path / "split" / "rft-seed1.csv").drop(columns="wall_seconds")
     pd.testing.assert_frame_equal(whole, split)
+    # Resuming a finished run changes nothing: no second final row, the same result.
+    finished = (tmp_path / "split" / "rft-seed1.csv").read_text()
+    again = compare.main([*args, "--out", str(tmp_path / "split"), "--resume"])
+    assert (tmp_path / "split" / "rft-seed1.csv").read_text() == finished
+    assert again["results"] == resumed["results"]
 
 
 @pytest.mark.parametrize(

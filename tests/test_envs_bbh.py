@@ -2,8 +2,6 @@
 training data and data errors."""
 
 import json
-import sys
-import types
 from collections import Counter
 
 import gymnasium as gym
@@ -157,8 +155,8 @@ def test_invalid_arguments(data_dir):
 
 # ---------------------------------------------------------------- procedural data
 @pytest.fixture
-def stand_in_generator(monkeypatch, data_dir):
-    """A fake envs.procedural_bbh whose draws 3 and VALIDATION_INDEX_OFFSET + 1 repeat real
+def stand_in_generator(data_dir):
+    """A stand-in procedural generator whose draws 3 and VALIDATION_INDEX_OFFSET + 1 repeat real
     items and whose validation draw OFFSET + 2 repeats training draw 0."""
     real = _read(data_dir, "boolean_expressions")
     calls = []
@@ -173,14 +171,12 @@ def stand_in_generator(monkeypatch, data_dir):
             index = 0
         return Example(f"made up {index} seed {seed} is", "True", "So the answer is True.")
 
-    module = types.SimpleNamespace(generate_boolean_expressions=generate, generate_multistep_arithmetic_two=generate)
-    monkeypatch.setitem(sys.modules, "envs.procedural_bbh", module)
-    return real, calls
+    return real, calls, generate
 
 
 def test_procedural_splits_with_a_stand_in_generator(stand_in_generator, data_dir):
-    real, calls = stand_in_generator
-    task = BBHTask("boolean_expressions", data_dir, train_source="procedural", num_train=5, num_validation=4, seed=7)
+    real, calls, generate = stand_in_generator
+    task = BBHTask("boolean_expressions", data_dir, train_source="procedural", num_train=5, num_validation=4, seed=7, generator=generate)
     assert task.splits == ("train", "validation", "test")
     train, validation, test = task.examples("train"), task.examples("validation"), task.examples("test")
     assert [e.question for e in train] == [f"made up {i} seed 7 is" for i in (0, 1, 2, 4, 5)]
@@ -191,25 +187,22 @@ def test_procedural_splits_with_a_stand_in_generator(stand_in_generator, data_di
 
 
 def test_procedural_env_via_gymnasium_make(stand_in_generator, data_dir):
-    env = gym.make("trice_rl/BBH-multistep_arithmetic_two-v0", train_source="procedural", num_train=3, num_validation=2)
+    env = gym.make("trice_rl/BBH-multistep_arithmetic_two-v0", train_source="procedural", num_train=3, num_validation=2, generator=stand_in_generator[2])
     prompt, info = env.reset(seed=0, options={"split": "validation", "index": 1})
     assert info["question"] in prompt and info["split"] == "validation"
     _, info = env.reset(options={"split": "test", "index": 249})
     assert info["question"] == _read(data_dir, "multistep_arithmetic_two")[249]["input"]
 
 
-def test_procedural_generator_that_only_repeats_real_items_fails_clearly(monkeypatch, data_dir):
+def test_procedural_generator_that_only_repeats_real_items_fails_clearly(data_dir):
     real = _read(data_dir, "boolean_expressions")
-    module = types.SimpleNamespace(generate_boolean_expressions=lambda index, seed: Example(real[0]["input"], "True"))
-    monkeypatch.setitem(sys.modules, "envs.procedural_bbh", module)
-    task = BBHTask("boolean_expressions", data_dir, train_source="procedural", num_train=2)
+    task = BBHTask("boolean_expressions", data_dir, train_source="procedural", num_train=2, generator=lambda index, seed: Example(real[0]["input"], "True"))
     with pytest.raises(RuntimeError, match="only 0 of 2 generated train questions"):
         task.examples("train")
 
 
 @pytest.mark.parametrize("name", ["boolean_expressions", "multistep_arithmetic_two"])
 def test_procedural_with_the_real_generators(name, data_dir):
-    pytest.importorskip("envs.procedural_bbh")
     task = BBHTask(name, data_dir, train_source="procedural", num_train=300, num_validation=100)
     train, validation, test = task.examples("train"), task.examples("validation"), task.examples("test")
     assert (len(train), len(validation), len(test)) == (300, 100, 250)

@@ -102,7 +102,7 @@ def test_stop_strings_end_samples_and_are_cut_from_text(tiny_config, char_tokeni
         assert any(full.endswith(c) for c in vocab_chars) or samples.token_ids[i][-1] in policy.eos_token_ids
 
 
-@pytest.mark.parametrize("tune", ["full", "prompt"])
+@pytest.mark.parametrize("tune", ["full", "lora", "prompt"])
 def test_rows_that_finish_early_leave_the_other_rows_exact(tiny_config, char_tokenizer, tune):
     """Finished rows are dropped from the batch and its cache part-way through decoding; the
     rows that go on must still draw from, and be scored by, the unpadded model."""

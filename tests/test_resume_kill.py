@@ -4,10 +4,10 @@ runs) and resumed each time, ends with the CSVs, results and summary of the unin
 comparison (wall-clock columns aside).
 
 Each kill is a real one: a forked child process (sharing the parent's imports, so a kill
-costs milliseconds, not an interpreter start) runs the comparison with resume and sends
-itself SIGKILL from a hook at the n-th call of the chosen function during one algorithm's
-run, or right after that run.  On CoinTask a random tiny model is right about half the
-time and training moves it, so the compared numbers are not trivially equal."""
+costs milliseconds, not an interpreter start) resumes the comparison and sends itself
+SIGKILL from a hook on the chosen function, at a chosen point of one algorithm's run, or
+right after that run.  On CoinTask a random tiny model is right about half the time and
+training moves it, so the compared numbers are not trivially equal."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from algorithms import ALGORITHM_NAMES, get_algorithm
 from trice_rl import runner as runner_module
@@ -80,7 +81,7 @@ def torn_write(function: str, args: tuple) -> None:
     """Half of what the call would write: a torn checkpoint or CSV line."""
     if function == "atomic_torch_save":
         path = args[1].with_name(args[1].name + ".tmp")
-        runner_module.torch.save(args[0], path)
+        torch.save(args[0], path)
         os.truncate(path, path.stat().st_size // 2)
     else:
         with open(args[0], "a", newline="") as f:
@@ -127,17 +128,16 @@ def without_wall_clock(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=[c for c in frame.columns if c.startswith("wall_seconds")])
 
 
-def test_a_comparison_killed_anywhere_and_resumed_equals_the_uninterrupted_one(make_tiny_policy, tmp_path, monkeypatch):
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    whole = run_all(make_tiny_policy, tmp_path / "whole")
+def killed_and_resumed(make_policy, tmp_path: Path, kills) -> list[str]:
+    """Run the comparison whole, then again under ``kills`` (each algorithm's run killed at
+    each in turn) and resumed to the end; check the two give the same rows, summary and
+    results, and that they are not trivially equal.  Returns the log of the kills."""
+    whole = run_all(make_policy, tmp_path / "whole")
     log = tmp_path / "kills.log"
     for victim in ALGORITHM_NAMES:
-        for function, samples in KILLS:
-            killed_child(make_tiny_policy, tmp_path / "killed", victim, function, samples, log)
-    resumed = run_all(make_tiny_policy, tmp_path / "killed")
-    # Every kill came where it was aimed (none found its run already finished).
-    aimed = [f"{victim}: {function or 'between runs'}" for victim in ALGORITHM_NAMES for function, _ in KILLS]
-    assert log.read_text().splitlines() == aimed
+        for function, samples in kills:
+            killed_child(make_policy, tmp_path / "killed", victim, function, samples, log)
+    resumed = run_all(make_policy, tmp_path / "killed")
 
     runs = {folder: load_runs([tmp_path / folder]).drop(columns="run_folder") for folder in ("whole", "killed")}
     pd.testing.assert_frame_equal(without_wall_clock(runs["whole"]), without_wall_clock(runs["killed"]))
@@ -148,6 +148,22 @@ def test_a_comparison_killed_anywhere_and_resumed_equals_the_uninterrupted_one(m
         assert runs["whole"][column].nunique() >= 3, column
     changing = runs["whole"].groupby("algo")["eval_acc_greedy"].nunique()
     assert (changing >= 2).sum() >= len(ALGORITHM_NAMES) - 2, changing
+    return log.read_text().splitlines()
+
+
+def test_a_comparison_killed_anywhere_and_resumed_equals_the_uninterrupted_one(make_tiny_policy, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    kills = killed_and_resumed(make_tiny_policy, tmp_path, KILLS)
+    # Every kill came where it was aimed (none found its run already finished).
+    assert kills == [f"{victim}: {function or 'between runs'}" for victim in ALGORITHM_NAMES for function, _ in KILLS]
+
+
+@pytest.mark.slow
+def test_kills_every_few_samples_of_every_run_change_nothing(make_tiny_policy, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    functions = ("sample", "optimizer_step", "evaluate", "atomic_torch_save", "append_line")
+    kills = [(function, samples) for samples in range(0, 32, 4) for function in functions] + [(None, 0)]
+    assert len(killed_and_resumed(make_tiny_policy, tmp_path, kills)) >= len(ALGORITHM_NAMES) * len(functions)
 
 
 def test_resuming_a_finished_run_changes_nothing(make_tiny_policy, tmp_path, monkeypatch):

@@ -70,7 +70,7 @@ def test_the_cache_copy_only_when_asked(fake_shipment, monkeypatch):
         builtin.resolve_builtin("builtin:arithmetic:huge")
 
 
-@pytest.mark.slow
+@pytest.mark.build
 @pytest.mark.parametrize("family", SHIPPED)
 def test_the_recipe_rebuilds_a_model_near_the_shipped_one(family, tmp_path, monkeypatch, data_dir):
     """A fresh build (float rounding differs between CPUs) lands near the shipped accuracy."""

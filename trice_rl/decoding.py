@@ -513,8 +513,9 @@ class _LlamaDecoder:
     def _grow(self) -> None:
         """Room for ``_CACHE_CHUNK`` more positions (and only the rows still running).
         Attention always reads the whole buffer, unwritten positions masked: batched matmuls
-        over a slice of a longer buffer ran three times slower on a CPU than over whole,
-        contiguous ones."""
+        over a slice of a longer buffer ran slower on a CPU than over whole, contiguous ones
+        (measured end to end: 2.8 s against 2.2 s for the built-in model's
+        evaluation-shaped greedy decode on one thread)."""
         rows, length = self.rows, self.length
         cache = self.cache.new_empty(*self.cache.shape[:2], rows, self.kv_heads, length + _CACHE_CHUNK, self.head_dim)
         cache[..., :length, :] = self.cache[:, :, :rows]

@@ -151,8 +151,9 @@ class Runner:
         return self._finish()
 
     def _start(self) -> None:
-        """A fresh run: the files of an earlier run in the folder are replaced (the
-        checkpoint first, so a kill before the first new one cannot resume the old run)."""
+        """A fresh run: the files of an earlier run in the folder are replaced (its result
+        and checkpoint first, so that a kill before the first new checkpoint leaves nothing
+        of the old run to resume)."""
         algorithm, meter = self.algorithm, self.algorithm.policy.meter
         self.result_path.unlink(missing_ok=True)
         self.checkpoint_path.unlink(missing_ok=True)
