@@ -45,7 +45,7 @@ def test_readme_registers_a_new_task_in_under_30_lines():
 
 
 @pytest.mark.parametrize("index", range(len(compare_commands())))
-def test_every_compare_command_passes_the_flag_checks(index, data_dir, tmp_path, monkeypatch):
+def test_every_compare_command_passes_the_flag_checks(index, data_dir, tmp_path):
     """The flags are checked without training; a GPU or a hub model that this machine lacks
     is swapped for its CPU / built-in stand-in."""
     flags = compare_commands()[index]
@@ -53,6 +53,9 @@ def test_every_compare_command_passes_the_flag_checks(index, data_dir, tmp_path,
     for flag, value in stand_ins.items():
         if flag in flags:
             flags[flags.index(flag) + 1] = value
-    monkeypatch.chdir(tmp_path)
-    args = load_script("compare").parse_args(flags)
+    try:
+        args = load_script("compare").parse_args(flags)
+    except SystemExit as done:  # --list, --algo-help: print and exit
+        assert done.code == 0
+        return
     assert args.algos and args.budget
