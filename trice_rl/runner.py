@@ -138,17 +138,26 @@ class Runner:
             self._load_checkpoint()
         else:
             self._start()
-        if not self.setup_done:
-            row = self.algorithm.setup() | self._tracked_solved()
-            known = self.config.initial_eval
-            self._write_row(row | (self._evaluate(final=False) if known is None else self._skip_evaluation(known)))
-            self.setup_done = True
-            self._checkpoint()
-        if not self.training_done:
-            self._train()
-            self.training_done = True
-            self._checkpoint()  # the final parameters (read back by experiments/benchmark.py)
-        return self._finish()
+        # One bar from the first second: set-up and evaluations are labelled, the budget's
+        # fraction drives it (and tqdm's ETA) while training.
+        algorithm = self.algorithm
+        bar = tqdm(total=1000, desc=f"{algorithm.name} seed {algorithm.seed}", disable=not self.progress, leave=False)
+        try:
+            if not self.setup_done:
+                bar.set_postfix_str("set-up and first evaluation")
+                row = algorithm.setup() | self._tracked_solved()
+                known = self.config.initial_eval
+                self._write_row(row | (self._evaluate(final=False) if known is None else self._skip_evaluation(known)))
+                self.setup_done = True
+                self._checkpoint()
+            if not self.training_done:
+                self._train(bar)
+                self.training_done = True
+                self._checkpoint()  # the final parameters (read back by experiments/benchmark.py)
+            bar.set_postfix_str("final evaluation")
+            return self._finish()
+        finally:
+            bar.close()
 
     def _start(self) -> None:
         """A fresh run: the files of an earlier run in the folder are replaced (its result
@@ -162,9 +171,8 @@ class Runner:
         if algorithm.schedule_horizon is None:
             algorithm.schedule_horizon = algorithm.planned_optimizer_steps(self.config.budget)
 
-    def _train(self) -> None:
+    def _train(self, bar: tqdm) -> None:
         algorithm, meter, budget = self.algorithm, self.algorithm.policy.meter, self.config.budget
-        bar = tqdm(total=1000, desc=f"{algorithm.name} seed {algorithm.seed}", disable=not self.progress, leave=False)
         bar.update(int(1000 * min(meter.fraction_used(budget), 1.0)))
         while not self._should_stop():
             metrics = algorithm.step()
@@ -184,7 +192,6 @@ class Runner:
             bar.n = int(1000 * min(meter.fraction_used(budget), 1.0))
             bar.set_postfix(acc=last_row.get("eval_acc_greedy") or "", train=f"{metrics.get('train_proposal_acc', float('nan')):.2f}")
             bar.refresh()
-        bar.close()
 
     def _finish(self) -> dict[str, Any]:
         """The final evaluation row, then the result file that marks the run finished."""
