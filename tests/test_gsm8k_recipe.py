@@ -11,22 +11,13 @@ from tests.conftest import REPO, load_script
 
 
 @pytest.fixture
-def random_qwen2(tmp_path, char_tokenizer):
+def random_qwen2(tmp_path, tiny_config, char_tokenizer):
+    """The tiny test model's shape, as a Qwen2 (GQA, biased QKV) saved with the tokenizer."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config = Qwen2Config(
-        vocab_size=len(char_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        pad_token_id=char_tokenizer.pad_token_id,
-        bos_token_id=char_tokenizer.bos_token_id,
-        eos_token_id=char_tokenizer.eos_token_id,
-    )
+    shape = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    tokens = ("pad_token_id", "bos_token_id", "eos_token_id")
+    config = Qwen2Config(**{name: getattr(tiny_config, name) for name in shape + tokens}, max_position_embeddings=2048, tie_word_embeddings=True)
     folder = tmp_path / "qwen2-random"
     Qwen2ForCausalLM(config).save_pretrained(folder)
     char_tokenizer.save_pretrained(folder)
