@@ -155,6 +155,7 @@ class ArithmeticTask(Task):
     so ``gymnasium.make("trice_rl/Arithmetic-v0", max_steps=5)`` works."""
 
     name = "arithmetic"
+    max_new_tokens = 160  # the longest gold rationale is about 100 characters
     splits = SPLITS
 
     def __init__(self, config: ArithmeticConfig | None = None, **overrides: int | str):

@@ -9,20 +9,26 @@ users who prefer it.
 
 from __future__ import annotations
 
-import os
 import re
 import string
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.data import DataError  # noqa: F401  (re-exported: raised by every task)
+
 COT_TEMPLATE = "Question: {question}\nAnswer: Let's think step by step.\n"
 HINTED_TEMPLATE = "Question: {question}\nAnswer: The answer is {answer}. Let's think step by step.\n"
-DIRECT_TEMPLATE = "Question: {question}\nAnswer: The answer is "
+# A direct completion ("7.") continues this, so the answer checker reads the two together.
+DIRECT_ANSWER_PREFIX = "The answer is "
+DIRECT_TEMPLATE = "Question: {question}\nAnswer: " + DIRECT_ANSWER_PREFIX
+# The prompt kinds a task writes (:meth:`Task.prompt`): chain of thought, chain of thought
+# with the answer revealed (STaR's rationalization, TRICE's hinted initialisation), and a
+# direct answer.
+PROMPT_KINDS = ("cot", "hinted", "direct")
 FEW_SHOT_SEPARATOR = "\n\n"
 
 # Answer statements (the rules: ``Task.extract_answer``).  "the answer is X": X runs to the
@@ -44,6 +50,12 @@ _EDGE_MARKUP = string.whitespace + "*`\"'$"
 MAX_COMPLETION_CHARS = 100_000
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any of the ``stop`` strings."""
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
 @dataclass(frozen=True)
 class Example:
     """One question with its target answer and, where the task has one, a gold rationale.
@@ -63,52 +75,6 @@ def question_key(question: str) -> str:
     return " ".join(question.split())
 
 
-class DataError(ValueError):
-    """A data file is missing or malformed; the message names the file, line and field."""
-
-
-DATA_LAYOUT = (
-    "a folder laid out as gsm8k/train.jsonl, gsm8k/test.jsonl, bbh/<task>.json, "
-    "bbh/cot-prompts/<task>.txt (GSM8K: github.com/openai/grade-school-math, BIG-Bench Hard: "
-    "github.com/suzgunmirac/BIG-Bench-Hard)"
-)
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    """``data_dir`` if given, else ``$TRICE_RL_DATA``; ``None`` means the files download themselves."""
-    if data_dir is None:
-        data_dir = os.environ.get("TRICE_RL_DATA")
-    return Path(data_dir).expanduser() if data_dir else None
-
-
-def data_file(data_dir: str | os.PathLike | None, relative: str) -> Path:
-    """The file ``relative`` in the user's data folder, or else the verified download cache's
-    copy (:mod:`envs.download`); a DataError names a file the user's folder lacks."""
-    folder = resolve_data_dir(data_dir)
-    if folder is None:
-        from envs.download import fetch  # envs.download imports this module
-
-        return fetch(relative)
-    path = folder / relative
-    if not path.is_file():
-        raise DataError(f"missing data file {path}: data_dir (or TRICE_RL_DATA) must be {DATA_LAYOUT}")
-    return path
-
-
-def read_data_text(path: Path) -> str:
-    """The file's UTF-8 text; a DataError names the line and column of a byte that is not UTF-8
-    (Python's own error names neither the file nor the line)."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        column = error.start - raw.rfind(b"\n", 0, error.start)
-        raise DataError(
-            f"{path}, line {line} column {column}: byte 0x{raw[error.start]:02x} is not UTF-8 (expected UTF-8 text)"
-        ) from None
-
-
 class Task:
     """Base class of a reasoning task.
 
@@ -124,6 +90,8 @@ class Task:
     # Where a sampler should stop when the model runs on past its rationale (it would start
     # the next few-shot question).  The EOS token always stops a sample too.
     stop_strings: tuple[str, ...] = ("\nQuestion:",)
+    # Tokens a completion may take: enough for every gold rationale of the task.
+    max_new_tokens: int = 256
 
     def __init__(self) -> None:
         self._cache: dict[str, list[Example]] = {}
@@ -150,8 +118,7 @@ class Task:
 
     def cut_at_stop(self, text: str) -> str:
         """A completion's text up to the first of :attr:`stop_strings` (as decoding cuts it)."""
-        cut = min((text.find(s) for s in self.stop_strings if s in text), default=-1)
-        return text[:cut] if cut >= 0 else text
+        return cut_at_stop(text, self.stop_strings)
 
     def steps_right(self, questions: Sequence[str], completions: Sequence[str]) -> np.ndarray | None:
         """Per completion, whether its every step is right: its text (whitespace collapsed)
@@ -163,6 +130,23 @@ class Task:
         return np.array([question_key(c) == question_key(g) for c, g in zip(completions, golds)], dtype=bool)
 
     # ------------------------------------------------------------------ prompts
+    def prompt(self, kind: str, question: str, answer: str | None = None) -> str:
+        """The prompt of a kind (:data:`PROMPT_KINDS`); ``hinted`` needs the answer."""
+        if kind == "cot":
+            return self.cot_prompt(question)
+        if kind == "direct":
+            return self.direct_prompt(question)
+        if kind == "hinted":
+            if answer is None:
+                raise ValueError("a hinted prompt needs the answer")
+            return self.hinted_prompt(question, answer)
+        raise ValueError(f"prompt kind must be one of {', '.join(PROMPT_KINDS)}, got {kind!r}")
+
+    def answer_text(self, completion: str, kind: str = "cot") -> str:
+        """What the answer checker reads of a completion to a prompt of ``kind``: a direct
+        completion is read after the prompt's "The answer is "."""
+        return DIRECT_ANSWER_PREFIX + completion if kind == "direct" else completion
+
     def cot_prompt(self, question: str) -> str:
         return self.few_shot_prefix + COT_TEMPLATE.format(question=question)
 
@@ -227,8 +211,11 @@ class Task:
         predicted = self.extract_answer(completion)
         return predicted is not None and predicted == self.normalize(target)
 
-    def score(self, completions: Sequence[str], targets: Sequence[str]) -> np.ndarray:
-        """Batched correctness: a float array of 0/1, one entry per (completion, target)."""
+    def score(self, completions: Sequence[str], targets: Sequence[str], kind: str = "cot") -> np.ndarray:
+        """Batched correctness: a float array of 0/1, one entry per (completion, target);
+        ``kind`` is the kind of prompt the completions answer (see :meth:`answer_text`)."""
+        if kind != "cot":
+            completions = [self.answer_text(completion, kind) for completion in completions]
         if len(completions) != len(targets):
             raise ValueError(f"score: {len(completions)} completions but {len(targets)} targets")
         normalized_targets: dict[str, str | None] = {}
@@ -277,7 +264,8 @@ class ReasoningEnv(gym.Env):
     ``UnicodeText(max_observation_length)``: the prompt text.
 
     ## Rewards
-    1.0 if the answer extracted from the completion equals the target, else 0.0.
+    1.0 if the answer extracted from the completion equals the target, else 0.0 (with the
+    direct prompt, the completion is read as the continuation of its "The answer is ").
 
     ## Episode End
     Always terminated after one step (``terminated=True``, ``truncated=False``).
@@ -304,7 +292,7 @@ class ReasoningEnv(gym.Env):
         max_observation_length: int = 1_000_000,
         max_action_length: int = 1_000_000,
     ):
-        if prompt not in ("cot", "direct"):
+        if prompt not in ("cot", "direct"):  # a hinted prompt would give the answer away
             raise ValueError(f"prompt must be 'cot' or 'direct', got {prompt!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
@@ -321,9 +309,7 @@ class ReasoningEnv(gym.Env):
         self._last: tuple[str, float] | None = None
 
     def _prompt_for(self, example: Example) -> str:
-        if self.prompt == "direct":
-            return self.task.direct_prompt(example.question)
-        return self.task.cot_prompt(example.question)
+        return self.task.prompt(self.prompt, example.question)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -348,7 +334,7 @@ class ReasoningEnv(gym.Env):
         if self._example is None:
             raise RuntimeError("call reset() before step()")
         completion = action if isinstance(action, str) else str(action)
-        predicted = self.task.extract_answer(completion)
+        predicted = self.task.extract_answer(self.task.answer_text(completion, self.prompt))
         correct = predicted is not None and predicted == self.task.normalize(self._example.answer)
         reward = 1.0 if correct else 0.0
         self._last = (completion, reward)
@@ -381,19 +367,12 @@ def _make_env(task_factory: Callable[..., Task], **kwargs: Any) -> ReasoningEnv:
     return ReasoningEnv(task_factory(**kwargs), **env_kwargs)
 
 
-def make_task(env_id: str, **kwargs: Any) -> Task:
-    """The Task behind a registered environment id (no Gymnasium wrappers), for algorithms."""
-    import envs  # noqa: F401  (registers the built-in ids)
-
-    if env_id not in gym.registry:
-        known = ", ".join(sorted(k for k in gym.registry if k.startswith("trice_rl/")))
-        raise ValueError(f"unknown environment {env_id!r}; registered: {known}")
-    spec = gym.registry[env_id]
-    spec_kwargs = dict(spec.kwargs or {})
+def env_task_factory(env_id: str) -> tuple[Callable[..., Task], dict[str, Any]]:
+    """The task factory of a registered reasoning environment and its registered task
+    arguments (the environment's own arguments left out)."""
+    spec_kwargs = dict(gym.registry[env_id].kwargs or {})
     factory = spec_kwargs.pop("task_factory", None)
     if factory is None:
         raise ValueError(f"{env_id!r} is not a trice_rl reasoning environment")
-    for key in _ENV_KEYWORDS:
-        spec_kwargs.pop(key, None)
-    spec_kwargs.update(kwargs)
-    return factory(**spec_kwargs)
+    return factory, {key: value for key, value in spec_kwargs.items() if key not in _ENV_KEYWORDS}
+

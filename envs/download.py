@@ -23,7 +23,7 @@ from typing import IO
 
 from tqdm.auto import tqdm
 
-from envs.base import DATA_LAYOUT, DataError
+from envs.data import DATA_LAYOUT, DataError, resolve_data_dir
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 _CHUNK_BYTES = 1 << 16
@@ -135,3 +135,15 @@ def _copy(response: IO[bytes], out: IO[bytes], total: int, relative: str, url: s
             out.write(chunk)
             size += len(chunk)
             bar.update(len(chunk))
+
+
+def data_file(data_dir: str | os.PathLike | None, relative: str) -> Path:
+    """The file ``relative`` in the user's data folder, or else the verified download cache's
+    copy (:mod:`envs.download`); a DataError names a file the user's folder lacks."""
+    folder = resolve_data_dir(data_dir)
+    if folder is None:
+        return fetch(relative)
+    path = folder / relative
+    if not path.is_file():
+        raise DataError(f"missing data file {path}: data_dir (or TRICE_RL_DATA) must be {DATA_LAYOUT}")
+    return path

@@ -36,7 +36,9 @@ import os
 import re
 
 from envs.answers import last_number, normalize_number
-from envs.base import DataError, Example, Task, data_file, read_data_text, register_task
+from envs.base import Example, Task, register_task
+from envs.data import DataError, read_data_text
+from envs.download import data_file
 
 _CALCULATOR_ANNOTATION = re.compile(r"<<.*?>>")
 _FINAL_ANSWER_MARKER = "#### "

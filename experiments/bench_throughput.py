@@ -41,6 +41,11 @@ operator profile of our decoding calls.
 
 from __future__ import annotations
 
+try:
+    import trice_rl  # noqa: F401  (the installed package)
+except ModuleNotFoundError:
+    raise SystemExit("bench_throughput.py: the trice_rl package is not installed; run `pip install -e .` in the repository first") from None
+
 import argparse
 import contextlib
 import copy
@@ -49,21 +54,18 @@ import csv
 import io
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-import envs  # noqa: E402,F401  (registers the environments)
-from algorithms import get_algorithm  # noqa: E402
-from envs.arithmetic import ArithmeticTask  # noqa: E402
-from trice_rl.machine import load_average, machine_info  # noqa: E402
-from trice_rl.policy import Policy  # noqa: E402
+import envs  # noqa: F401  (registers the environments)
+from algorithms import get_algorithm
+from envs.arithmetic import ArithmeticTask
+from trice_rl.machine import load_average, machine_info
+from trice_rl.policy import Policy
 
 
 # ------------------------------------------------------------------ settings

@@ -46,6 +46,11 @@ continues from its checkpoint, so a stopped benchmark resumes where it stopped.
 
 from __future__ import annotations
 
+try:
+    import trice_rl  # noqa: F401  (the installed package)
+except ModuleNotFoundError:
+    raise SystemExit("benchmark.py: the trice_rl package is not installed; run `pip install -e .` in the repository first") from None
+
 import argparse
 import contextlib
 import dataclasses
@@ -59,24 +64,21 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformers.utils import logging as transformers_logging  # noqa: E402
-
-import envs  # noqa: E402,F401  (registers the environments)
-from algorithms import get_algorithm  # noqa: E402
-from envs.base import Task, make_task  # noqa: E402
-from trice_rl.budget import Budget, BudgetMeter  # noqa: E402
-from trice_rl.builtin_model import MAX_NEW_TOKENS  # noqa: E402
-from trice_rl.evaluation import EvalConfig, evaluate  # noqa: E402
-from trice_rl.machine import load_average, machine_info  # noqa: E402
-from trice_rl.plotting import matched_accuracy, plot_curves  # noqa: E402
-from trice_rl.policy import Policy  # noqa: E402
-from trice_rl.runner import Runner, RunConfig, run_files  # noqa: E402
+import envs  # noqa: F401  (registers the environments)
+from algorithms import get_algorithm
+from envs import Task, make_task
+from trice_rl.budget import Budget, BudgetMeter
+from trice_rl.evaluation import EvalConfig, evaluate
+from trice_rl.machine import load_average, machine_info
+from trice_rl.plotting import matched_accuracy, plot_curves
+from trice_rl.policy import Policy
+from trice_rl.runner import Runner, RunConfig, run_files
 
 METHODS = ("prompt-tuning", "cot-sft", "star", "rft", "trice-nocv", "trice", "trice-k", "grpo")
 SAMPLES_PER_STEP = 32
@@ -254,7 +256,7 @@ def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: lis
     the base run measured: step 0 logs that instead of evaluating it again.  ``majority``:
     end with majority-of-k on the test split (search runs skip it; the chosen one gets it
     afterwards from ``final_majority``)."""
-    sizes, family = args.sizes, SETTINGS[setting].family
+    sizes = args.sizes
     folder = run_folder(args, setting, lr)
     csv_path, _ = run_files(folder, method, seed)
     seconds_path = folder / f"{method}-seed{seed}.seconds.json"
@@ -263,10 +265,11 @@ def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: lis
         if pd.notna(last.get("val_acc_greedy")):
             seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
             return last.to_dict() | seconds | {"reused": True}
-    max_new_tokens = MAX_NEW_TOKENS[family]
+    task = setting_task(setting, sizes)
+    max_new_tokens = task.max_new_tokens
     cls = get_algorithm(method)
     policy = method_policy(setting, cls, seed, args)
-    algorithm = cls(policy, setting_task(setting, sizes), method_config(method, lr, max_new_tokens), seed=seed)
+    algorithm = cls(policy, task, method_config(method, lr, max_new_tokens), seed=seed)
     starts_from_base = cls.prompt_kind == "cot" and cls.default_tune in (None, "full")
     run_config = RunConfig(
         budget=Budget(samples=sizes["budget_samples"]),
@@ -290,13 +293,14 @@ def final_majority(setting: str, method: str, lr: float, seed: int, args) -> dic
     """Majority-of-k test accuracy of a finished run, from the parameters in its final
     checkpoint, with the seed the run's own final evaluation would have used (so the same
     number)."""
-    sizes, family = args.sizes, SETTINGS[setting].family
+    sizes = args.sizes
     cls = get_algorithm(method)
     policy = method_policy(setting, cls, seed, args)
     _, checkpoint = run_files(run_folder(args, setting, lr), method, seed)
     policy.load_tunable_state_dict(torch.load(checkpoint, weights_only=False)["policy"])
-    config = EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family], greedy=False)
-    return evaluate(policy, setting_task(setting, sizes), config, prompt_kind=cls.prompt_kind, seed=seed)
+    task = setting_task(setting, sizes)
+    config = EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=task.max_new_tokens, greedy=False)
+    return evaluate(policy, task, config, prompt_kind=cls.prompt_kind, seed=seed)
 
 
 def kept(path: Path, compute, *compute_args):
@@ -331,9 +335,9 @@ def learning_rates(method: str) -> tuple[float, ...]:
 def run_base(setting: str, args) -> dict:
     """The untuned model's accuracies (``row``) and the hardest quartile of the training
     examples (``tracked``)."""
-    sizes, family = args.sizes, SETTINGS[setting].family
+    sizes = args.sizes
     task = setting_task(setting, sizes)
-    max_new_tokens = MAX_NEW_TOKENS[family]
+    max_new_tokens = task.max_new_tokens
     started = time.perf_counter()
     base = Policy.from_pretrained(SETTINGS[setting].model(sizes["model_size"]), seed=0, meter=BudgetMeter())
     tracked, base_train_accuracy = hardest_quartile(base, task, sizes["base_samples_per_example"], max_new_tokens)
@@ -370,11 +374,10 @@ def run_trl_grpo(setting: str, lr: float, seed: int, args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from trice_rl.builtin_model import CPU_ATTENTION
-    from trice_rl.policy import resolve_model_path
+    from trice_rl.builtin_model import CPU_ATTENTION, resolve_model_path
     from trice_rl.trl_adapter import task_dataset, task_reward
 
-    sizes, family = args.sizes, SETTINGS[setting].family
+    sizes = args.sizes
     out = trl_file(Path(args.out), setting, lr, seed).parent
     task = setting_task(setting, sizes)
     shape = METHOD_SHAPES["grpo"]
@@ -388,7 +391,7 @@ def run_trl_grpo(setting: str, lr: float, seed: int, args) -> dict:
         output_dir=str(out),
         per_device_train_batch_size=prompts_per_step * group,
         num_generations=group,
-        max_completion_length=MAX_NEW_TOKENS[family],
+        max_completion_length=task.max_new_tokens,
         max_steps=steps,
         learning_rate=lr,
         lr_scheduler_type="constant",
@@ -413,7 +416,7 @@ def run_trl_grpo(setting: str, lr: float, seed: int, args) -> dict:
         trainer.train()
     seconds = time.perf_counter() - started
     policy = Policy(trainer.model, tokenizer, seed=seed, meter=BudgetMeter())
-    accuracy = evaluate(policy, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=MAX_NEW_TOKENS[family]), seed=seed)
+    accuracy = evaluate(policy, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=task.max_new_tokens), seed=seed)
     samples = steps * prompts_per_step * group
     return {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
 
@@ -548,6 +551,7 @@ def schedule(args) -> tuple[dict, dict, list[dict]]:
     outcomes, bases, tracked, majorities, trl_rows = {}, {}, {}, {}, []
     runs_total = len(args.settings) * sum(len(learning_rates(m)) + len(args.seeds) - 1 for m in args.methods)
     bar = tqdm(total=runs_total, desc="benchmark runs", unit="run", disable=args.no_progress)
+    completion_tokens = {s: setting_task(s, args.sizes).max_new_tokens for s in args.settings}
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
@@ -557,10 +561,10 @@ def schedule(args) -> tuple[dict, dict, list[dict]]:
             pending[pool.submit(fn, *fn_args)] = (kind, key)
 
         def submit_runs(jobs: list[tuple[str, str, float, int]], majority: bool) -> None:
-            for s, m, lr, seed in sorted(jobs, key=lambda job: -METHOD_COST[job[1]] * MAX_NEW_TOKENS[SETTINGS[job[0]].family]):
+            for s, m, lr, seed in sorted(jobs, key=lambda job: -METHOD_COST[job[1]] * completion_tokens[job[0]]):
                 submit("run", (s, m, lr, seed), run_once, s, m, lr, seed, args, tracked[s], bases[s]["eval_acc_greedy"], majority)
 
-        for s in sorted(args.settings, key=lambda s: -MAX_NEW_TOKENS[SETTINGS[s].family]):
+        for s in sorted(args.settings, key=lambda s: -completion_tokens[s]):
             submit("base", (s,), kept, Path(args.out) / s / "base.json", run_base, s, args)
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -17,6 +17,11 @@ folder's ``config.json``.
 
 from __future__ import annotations
 
+try:
+    import trice_rl  # noqa: F401  (the installed package)
+except ModuleNotFoundError:
+    raise SystemExit("compare.py: the trice_rl package is not installed; run `pip install -e .` in the repository first") from None
+
 import argparse
 import dataclasses
 import inspect
@@ -27,22 +32,21 @@ import types
 import typing
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import gymnasium as gym
+import torch
+from transformers.utils import logging as transformers_logging
 
-import gymnasium as gym  # noqa: E402
-import torch  # noqa: E402
-from transformers.utils import logging as transformers_logging  # noqa: E402
-
-import envs  # noqa: E402,F401  (registers the environments)
-from algorithms import ALGORITHM_NAMES, get_algorithm  # noqa: E402
-from envs.base import DataError, make_task  # noqa: E402
-from trice_rl.algorithm import config_help  # noqa: E402
-from trice_rl.budget import Budget, BudgetMeter  # noqa: E402
-from trice_rl.builtin_model import FAMILIES, MAX_NEW_TOKENS, VARIANTS  # noqa: E402
-from trice_rl.evaluation import EvalConfig  # noqa: E402
-from trice_rl.plotting import load_runs, plot_curves, summarize  # noqa: E402
-from trice_rl.policy import TUNE_MODES, Policy, is_builtin  # noqa: E402
-from trice_rl.runner import Runner, RunConfig, atomic_write_text  # noqa: E402
+import envs  # noqa: F401  (registers the environments)
+from algorithms import ALGORITHM_NAMES, get_algorithm
+from envs.arithmetic import ArithmeticTask
+from envs import DataError, make_task
+from trice_rl.algorithm import config_help
+from trice_rl.budget import Budget, BudgetMeter
+from trice_rl.builtin_model import FAMILIES, VARIANTS, is_builtin
+from trice_rl.evaluation import EvalConfig
+from trice_rl.plotting import load_runs, plot_curves, summarize
+from trice_rl.policy import TUNE_MODES, Policy
+from trice_rl.runner import Runner, RunConfig, atomic_write_text
 
 # Sizes per preset.  "default" is the embedded default (about ten minutes for two algorithms
 # on a 2-core CPU, the built-in model's first build included); "smoke" is for CI and quick
@@ -57,7 +61,7 @@ PRESETS = {
         "eval_examples": 200,
         "majority_k": 8,
         "variance_every": 10,
-        "max_new_tokens": MAX_NEW_TOKENS["arithmetic"],  # 96 cut off 55 of the 200 test rationales
+        "max_new_tokens": ArithmeticTask.max_new_tokens,  # 96 cut off 55 of the 200 test rationales
         "batch_size": 32,
         "lr": {"full": 1e-4, "lora": 1e-3, "prompt": 0.3},
     },

@@ -9,13 +9,18 @@ lucky ones too, so this bounds what "more correct rationales" can teach.
 
 from __future__ import annotations
 
+try:
+    import trice_rl  # noqa: F401  (the installed package)
+except ModuleNotFoundError:
+    raise SystemExit("lucky_answers.py: the trice_rl package is not installed; run `pip install -e .` in the repository first") from None
+
 import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from envs.base import make_task
-from trice_rl.builtin_model import FAMILIES, MAX_NEW_TOKENS
+from envs import make_task
+from trice_rl.builtin_model import FAMILIES
 from trice_rl.machine import machine_info
 from trice_rl.policy import Policy
 
@@ -30,7 +35,7 @@ def measure(family: str, samples_per_question: int, seed: int) -> list[dict]:
     env, kwargs = SETTINGS[family]
     task = make_task(env, **kwargs)
     policy = Policy.from_pretrained(f"builtin:{family}", seed=seed)
-    decode = dict(max_new_tokens=MAX_NEW_TOKENS[family], stop=task.stop_strings)
+    decode = dict(max_new_tokens=task.max_new_tokens, stop=task.stop_strings)
     rows = []
     for split, greedy in (("train", False), ("test", True)):
         examples = task.examples(split)

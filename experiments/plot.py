@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+try:
+    import trice_rl  # noqa: F401  (the installed package)
+except ModuleNotFoundError:
+    raise SystemExit("plot.py: the trice_rl package is not installed; run `pip install -e .` in the repository first") from None
+
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from trice_rl.plotting import BUDGET_COLUMNS, load_runs, plot_curves  # noqa: E402
+from trice_rl.plotting import BUDGET_COLUMNS, load_runs, plot_curves
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trice_rl.builtin_model as builtin
+from trice_rl.builtin_model import cli as builtin_cli
 
 
 @pytest.fixture
@@ -90,11 +91,11 @@ def test_a_damaged_entry_is_rebuilt_in_place(cache, builds, damage, capsys):
 
 @pytest.mark.parametrize("damage", [truncate_weights, empty_folder, delete_marker])
 def test_the_cli_rebuilds_a_damaged_entry_instead_of_reporting_it_built(cache, builds, damage, capsys):
-    builtin.main(["--size", "tiny", "--examples", "0"])
+    builtin_cli.main(["--size", "tiny", "--examples", "0"])
     folder = next((cache / "builtin").iterdir())
     damage(folder)
     capsys.readouterr()
-    builtin.main(["--size", "tiny", "--examples", "0"])
+    builtin_cli.main(["--size", "tiny", "--examples", "0"])
     out, err = capsys.readouterr()
     assert len(builds) == 2 and "is unusable" in err
     assert f"model: {folder}" in out and "parameters:" in out

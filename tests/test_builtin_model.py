@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trice_rl.builtin_model as builtin
+from trice_rl.builtin_model import cli as builtin_cli
 from envs.arithmetic import ArithmeticTask, wraps
 from envs.procedural_bbh import generate_boolean_expressions, generate_multistep_arithmetic_two
 
@@ -121,7 +122,7 @@ def test_every_family_has_a_well_formed_corpus(family):
 
 def test_cli_prints_size_and_accuracies(tiny_folder, monkeypatch, capsys):
     monkeypatch.setenv("TRICE_RL_CACHE", str(tiny_folder.parent.parent))
-    builtin.main(["--size", "tiny", "--examples", "2", "--samples", "2"])
+    builtin_cli.main(["--size", "tiny", "--examples", "2", "--samples", "2"])
     out = capsys.readouterr().out
     assert "parameters:" in out and re.search(r"train: examples 2  greedy \d\.\d+  sampled", out) and "test:" in out
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from envs import BBHTask, DataError, GSM8KTask
-from envs.base import data_file
+from envs.download import data_file
 from envs.download import manifest, url_for
 
 GSM8K_COMMIT = "3101c7d5072418e28b9008a6636bde82a006892c"

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from trice_rl import builtin_model as builtin
+from trice_rl.builtin_model import cli as builtin_cli
 from trice_rl.policy import Policy
 
 SHIPPED = sorted(builtin.shipped_manifest())
@@ -22,7 +23,7 @@ def test_a_shipped_model_loads_through_the_policy_and_gives_its_recorded_accurac
     for path in (builtin.SHIPPED_MODELS / family).iterdir():
         assert path.stat().st_size < 5 * 2**20, path
     # Exact: the weights are fixed, and greedy decoding is deterministic.
-    assert builtin.slice_greedy_accuracy(family) == builtin.shipped_manifest()[family]["slice_greedy"]
+    assert builtin_cli.slice_greedy_accuracy(family) == builtin.shipped_manifest()[family]["slice_greedy"]
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def fake_shipment(tmp_path, monkeypatch):
     source = builtin.builtin_model_path(size="tiny")
     models = tmp_path / "models"
     shutil.copytree(source, models / "arithmetic")
-    files = {p.name: builtin._sha256(p) for p in sorted((models / "arithmetic").iterdir())}
+    files = {p.name: builtin.sha256_of(p) for p in sorted((models / "arithmetic").iterdir())}
     (models / "manifest.json").write_text(json.dumps({"arithmetic": {"files": files, "slice_greedy": 0.0}}))
     monkeypatch.setattr(builtin, "SHIPPED_MODELS", models)
     monkeypatch.setattr(builtin, "SHIPPED_MANIFEST", models / "manifest.json")
@@ -78,4 +79,4 @@ def test_the_recipe_rebuilds_a_model_near_the_shipped_one(family, tmp_path, monk
     folder = builtin.builtin_model_path(family)
     monkeypatch.setattr(builtin, "SHIPPED_MANIFEST", tmp_path / "none.json")  # builtin:<family> → the rebuild
     assert builtin.resolve_builtin(f"builtin:{family}") == folder
-    assert abs(builtin.slice_greedy_accuracy(family) - json.loads(builtin.SHIPPED_MODELS.joinpath("manifest.json").read_text())[family]["slice_greedy"]) <= 0.15
+    assert abs(builtin_cli.slice_greedy_accuracy(family) - json.loads(builtin.SHIPPED_MODELS.joinpath("manifest.json").read_text())[family]["slice_greedy"]) <= 0.15

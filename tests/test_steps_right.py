@@ -1,13 +1,12 @@
 """Right for the right reasons: procedural tasks know their gold steps, so a correct answer
 reached through a wrong step is told apart from a fully right rationale."""
 
-import numpy as np
 import pytest
 import torch
 
 from algorithms.trice import Trice, TriceConfig
 from envs.arithmetic import ArithmeticTask
-from envs.base import make_task
+from envs import make_task
 from trice_rl.evaluation import EvalConfig, evaluate
 from trice_rl.policy import Samples
 

@@ -21,15 +21,17 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 
-if TYPE_CHECKING:
-    from trice_rl.policy import Policy
+from envs.base import cut_at_stop
+
+# The functions here take a ``trice_rl.policy.Policy`` (left unannotated: the policy module
+# imports this one).
 
 # RoPE types whose frequencies do not depend on the sequence length seen so far, so that
 # one table of cos / sin per decode reproduces the model's own per-call computation.
@@ -76,7 +78,7 @@ class _Settings:
     generator: torch.Generator
 
 
-def decode(policy: Policy, prompts: Sequence[str], n: int, *, temperature: float, max_new_tokens: int, stop, top_k, top_p, seed, batch_size, greedy: bool) -> Samples:
+def decode(policy, prompts: Sequence[str], n: int, *, temperature: float, max_new_tokens: int, stop, top_k, top_p, seed, batch_size, greedy: bool) -> Samples:
     """``n`` completions per prompt, drawn in batches of at most ``batch_size`` rows."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -112,9 +114,7 @@ def decode(policy: Policy, prompts: Sequence[str], n: int, *, temperature: float
 
 
 def _completion_text(tokenizer, ids: list[int], stop: tuple[str, ...]) -> str:
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    cut = min((text.find(s) for s in stop if s in text), default=-1)
-    return text[:cut] if cut >= 0 else text
+    return cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
 
 
 def _left_padded(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +127,7 @@ def _left_padded(prompt_ids: list[list[int]], pad_token_id: int, device) -> tupl
     return input_ids.to(device), mask.to(device)
 
 
-def _decode_batch(policy: Policy, decoder_class, prompt_ids: list[list[int]], settings: _Settings):
+def _decode_batch(policy, decoder_class, prompt_ids: list[list[int]], settings: _Settings):
     """Token ids, summed log-probabilities and finished flags of ``n`` samples of each prompt."""
     device = policy.device
     input_ids, mask = _left_padded(prompt_ids, policy.pad_token_id, device)
@@ -275,7 +275,7 @@ class _HFDecoder:
     """Decoding through the model's own forward (any architecture, any peft mode), with a
     KV cache preallocated for the whole decode."""
 
-    def __init__(self, policy: Policy, rows: int, capacity: int):
+    def __init__(self, policy, rows: int, capacity: int):
         self.policy = policy
         self.cache = _preallocated_cache(policy._lm.config, capacity + policy._num_virtual_tokens)
 
@@ -424,7 +424,7 @@ class _LlamaDecoder:
     left-padded), ``positions`` is each row's next RoPE position."""
 
     @staticmethod
-    def supports(policy: Policy) -> bool:
+    def supports(policy) -> bool:
         model = policy.base_model
         if type(model) is not LlamaForCausalLM or policy.tune not in ("full", "lora", "prompt"):
             return False
@@ -439,7 +439,7 @@ class _LlamaDecoder:
         ]
         return all(_is_plain_or_lora_linear(linear) for linear in linears)
 
-    def __init__(self, policy: Policy, rows: int, capacity: int):
+    def __init__(self, policy, rows: int, capacity: int):
         model = policy.base_model
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads

@@ -22,6 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from trice_rl.budget import BudgetMeter, FlopCosts
+from trice_rl.builtin_model import CPU_ATTENTION, is_builtin, resolve_model_path
 from trice_rl.decoding import Samples, decode
 
 TUNE_MODES = ("full", "lora", "prompt")
@@ -91,8 +92,6 @@ class Policy:
         dtype = kwargs.get("dtype")
         load_kwargs = {"dtype": getattr(torch, dtype) if isinstance(dtype, str) else dtype} if dtype else {}
         if is_builtin(name_or_path) and torch.device(kwargs.get("device") or "cpu").type == "cpu":
-            from trice_rl.builtin_model import CPU_ATTENTION
-
             load_kwargs["attn_implementation"] = CPU_ATTENTION
         model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
         return cls(model, tokenizer, tune=tune, **kwargs)
@@ -377,22 +376,3 @@ def _eos_ids(model: PreTrainedModel, tokenizer) -> list[int]:
         elif isinstance(value, Iterable):
             ids.update(int(v) for v in value)
     return sorted(ids)
-
-
-def is_builtin(name_or_path: str) -> bool:
-    """Whether a model name means the project's embedded model."""
-    return name_or_path == "builtin" or name_or_path.startswith("builtin:")
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """``builtin`` / ``builtin:<family>[:<size>]`` → the cached built-in model folder (built
-    on first use); an existing local folder as is; anything else is treated as a hub id."""
-    if is_builtin(name_or_path):
-        from trice_rl.builtin_model import resolve_builtin
-
-        return str(resolve_builtin(name_or_path))
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if os.path.sep in name_or_path and not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model folder {name_or_path!r} does not exist; give a local folder, a hub id or 'builtin'")
-    return name_or_path

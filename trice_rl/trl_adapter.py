@@ -38,18 +38,8 @@ from typing import Any, Callable, Sequence
 
 from envs.base import Task
 
+# The prompt kinds a TRL run can train on (a hinted prompt would give the answer away).
 PROMPT_KINDS = ("cot", "direct")
-# What precedes a direct completion ("7.") so that the answer checker can read it; the
-# same convention as trice_rl.evaluation.completion_texts.
-_DIRECT_PREFIX = "The answer is "
-
-
-def _prompt(task: Task, question: str, prompt_kind: str) -> str:
-    if prompt_kind == "cot":
-        return task.cot_prompt(question)
-    if prompt_kind == "direct":
-        return task.direct_prompt(question)
-    raise ValueError(f"prompt_kind must be one of {', '.join(PROMPT_KINDS)}, got {prompt_kind!r}")
 
 
 def task_dataset(task: Task, split: str = "train", prompt_kind: str = "cot"):
@@ -76,7 +66,7 @@ def task_dataset(task: Task, split: str = "train", prompt_kind: str = "cot"):
     examples = task.examples(split)
     return Dataset.from_dict(
         {
-            "prompt": [_prompt(task, e.question, prompt_kind) for e in examples],
+            "prompt": [task.prompt(prompt_kind, e.question) for e in examples],
             "answer": [e.answer for e in examples],
             "index": list(range(len(examples))),
         }
@@ -94,11 +84,6 @@ def _completion_text(completion: Any) -> str:
             return "".join(part.get("text", "") for part in content if isinstance(part, dict))
         return str(content)
     return str(completion)
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-    return text[:cut] if cut >= 0 else text
 
 
 def task_reward(task: Task, prompt_kind: str = "cot") -> Callable[..., list[float]]:
@@ -122,15 +107,12 @@ def task_reward(task: Task, prompt_kind: str = "cot") -> Callable[..., list[floa
     """
     if prompt_kind not in PROMPT_KINDS:
         raise ValueError(f"prompt_kind must be one of {', '.join(PROMPT_KINDS)}, got {prompt_kind!r}")
-    stop = tuple(task.stop_strings)
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str], **kwargs: Any) -> list[float]:
         if len(completions) != len(answer):
             raise ValueError(f"{reward.__name__}: {len(completions)} completions but {len(answer)} answers")
-        texts = [_cut_at_stop(_completion_text(c), stop) for c in completions]
-        if prompt_kind == "direct":
-            texts = [_DIRECT_PREFIX + text for text in texts]
-        return [float(x) for x in task.score(texts, [str(a) for a in answer])]
+        texts = [task.cut_at_stop(_completion_text(c)) for c in completions]
+        return [float(x) for x in task.score(texts, [str(a) for a in answer], kind=prompt_kind)]
 
     name = "".join(ch if ch.isalnum() else "_" for ch in getattr(task, "name", "task"))
     reward.__name__ = reward.__qualname__ = f"{name}_correct"

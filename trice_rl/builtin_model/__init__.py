@@ -26,7 +26,6 @@ and rebuilt (printing its accuracies) by::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import hashlib
@@ -210,7 +209,7 @@ def _install(staging: Path, folder: Path, force: bool) -> None:
             raise
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
@@ -218,7 +217,7 @@ def _sha256(path: Path) -> str:
 def write_marker(folder: Path) -> None:
     """Mark a build finished: the size and sha256 of every file in ``folder``, written last."""
     files = {
-        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
@@ -244,7 +243,7 @@ def cache_problem(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, expected {size}"
-        if name == WEIGHTS_FILE and _sha256(path) != digest:
+        if name == WEIGHTS_FILE and sha256_of(path) != digest:
             return f"{name} does not match its sha256"
     return None
 
@@ -253,7 +252,7 @@ def cache_problem(folder: Path) -> str | None:
 # The default-size model of each family ships with the package (built once by ``--ship``),
 # so every user starts from the same weights; ``manifest.json`` holds each file's sha256,
 # the build command and config, and accuracies measured on the shipped weights.
-SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 SHIPPED_MANIFEST = SHIPPED_MODELS / "manifest.json"
 # Greedy accuracy on the first test items of this many, recorded at shipping and checked
 # exactly by the tests (the weights are fixed).
@@ -278,7 +277,7 @@ def shipped_model_path(family: str) -> Path | None:
     folder = SHIPPED_MODELS / family
     for name, digest in entry["files"].items():
         path = folder / name
-        actual = _sha256(path) if path.is_file() else "missing"
+        actual = sha256_of(path) if path.is_file() else "missing"
         if actual != digest:
             raise ShippedModelError(
                 f"the shipped built-in model file {path} is {'missing' if actual == 'missing' else f'damaged (sha256 {actual[:12]}…, the manifest says {digest[:12]}…)'}: "
@@ -302,43 +301,9 @@ def resolve_builtin(name: str) -> Path:
     return builtin_model_path(family, "tiny" if variant == "tiny" else "default")
 
 
-def ship(family: str, threads: int | None = None) -> dict:
-    """Copy the family's default cache build into the package and record it in the
-    manifest, with the greedy accuracy of the shipped files on the first test items."""
-    source = builtin_model_path(family, threads=threads)
-    target = SHIPPED_MODELS / family
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    for path in sorted(source.iterdir()):
-        if path.is_file() and path.name != MARKER_FILE:
-            shutil.copy2(path, target / path.name)
-    record = json.loads((target / CONFIG_FILE).read_text())
-    entry = {
-        "files": {path.name: _sha256(path) for path in sorted(target.iterdir())},
-        "build_command": f"python -m trice_rl.builtin_model --family {family} --ship",
-        "config": record["config"],
-        "build": {key: record[key] for key in ("parameters", "build_seconds", "final_loss")},
-    }
-    _record_shipped(family, entry)
-    entry["slice_greedy"] = slice_greedy_accuracy(family)  # loads the shipped files
-    _record_shipped(family, entry)
-    return entry
-
-
-def _record_shipped(family: str, entry: dict) -> None:
+def record_shipped(family: str, entry: dict) -> None:
     manifest = shipped_manifest() | {family: entry}
     SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def slice_greedy_accuracy(family: str) -> float:
-    """Greedy chain-of-thought accuracy of ``builtin:<family>`` on the first
-    :data:`SHIPPED_SLICE` test items."""
-    from trice_rl.evaluation import EvalConfig, evaluate
-    from trice_rl.policy import Policy
-
-    policy = Policy.from_pretrained(f"builtin:{family}")
-    config = EvalConfig(split="test", max_examples=SHIPPED_SLICE, majority_k=0, max_new_tokens=MAX_NEW_TOKENS[family])
-    return evaluate(policy, family_task(family), config)["eval_acc_greedy"]
 
 
 # ----------------------------------------------------------------------- tokenizer
@@ -596,95 +561,29 @@ def _learning_rate_factor(step: int, config: BuiltinConfig) -> float:
 CPU_ATTENTION = "eager"
 
 
-# --------------------------------------------------------------------- evaluation
-# Long enough for every gold rationale of the family (longest: about 100, 200, 170 chars).
-MAX_NEW_TOKENS = {"arithmetic": 160, "boolean_expressions": 320, "multistep_arithmetic_two": 280}
-
-
 def family_task(family: str) -> Task:
     """The task a family's model is meant for: the arithmetic task, or the BBH task trained
     on procedural questions and tested on the 250 real items (needs the data folder)."""
     from envs.arithmetic import ArithmeticTask
-    from envs.base import make_task
+    from envs import make_task
 
     if family == "arithmetic":
         return ArithmeticTask()
     return make_task(f"trice_rl/BBH-{family}-v0", train_source="procedural")
 
 
-def measure_accuracy(folder: Path, family: str, split: str, num_examples: int = 200, num_samples: int = 8, seed: int = 0) -> dict[str, float]:
-    """Greedy, sampled (temperature 1) and hinted-sampled CoT accuracy, greedy direct-answer
-    accuracy, and the spread of per-example sampled accuracy, through the project's Policy."""
-    from trice_rl.policy import Policy
-
-    task = family_task(family)
-    examples = task.examples(split)[:num_examples]
-    targets = [example.answer for example in examples]
-    policy = Policy.from_pretrained(str(folder), seed=seed)
-    decode = dict(max_new_tokens=MAX_NEW_TOKENS[family], stop=task.stop_strings)
-    cot_prompts = [task.cot_prompt(example.question) for example in examples]
-    hinted_prompts = [task.hinted_prompt(example.question, example.answer) for example in examples]
-    direct_prompts = [task.direct_prompt(example.question) for example in examples]
-    repeated = [target for target in targets for _ in range(num_samples)]
-    greedy = task.score(policy.greedy(cot_prompts, **decode).texts, targets)
-    sampled = task.score(policy.sample(cot_prompts, n=num_samples, **decode).texts, repeated).reshape(-1, num_samples)
-    hinted = task.score(policy.sample(hinted_prompts, n=num_samples, **decode).texts, repeated)
-    direct_texts = policy.greedy(direct_prompts, max_new_tokens=16, stop=task.stop_strings).texts
-    direct = task.score([f"The answer is {text}" for text in direct_texts], targets)
-    per_example = sampled.mean(axis=1)
-    return {
-        "examples": len(examples),
-        "greedy": float(greedy.mean()),
-        "sampled": float(sampled.mean()),
-        "hinted_sampled": float(hinted.mean()),
-        "direct_greedy": float(direct.mean()),
-        "share_sampled_at_least_0.75": float((per_example >= 0.75).mean()),
-        "share_sampled_zero": float((per_example == 0).mean()),
-    }
+def is_builtin(name_or_path: str) -> bool:
+    """Whether a model name means the project's embedded model."""
+    return name_or_path == "builtin" or name_or_path.startswith("builtin:")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m trice_rl.builtin_model",
-        description="Build (if missing) the embedded default model and print its accuracies.",
-    )
-    parser.add_argument("--family", choices=FAMILIES, default="arithmetic")
-    parser.add_argument("--size", choices=SIZES, default="default")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="rebuild even if the cache holds the model")
-    parser.add_argument("--examples", type=int, default=200, help="examples per split to evaluate (0: none)")
-    parser.add_argument("--samples", type=int, default=8, help="samples per example for sampled accuracy")
-    parser.add_argument("--threads", type=int, help="torch threads for a build (default: 2; 1 on a busy machine)")
-    parser.add_argument("--ship", action="store_true", help="copy the default build into the package (trice_rl/models) and record it in its manifest")
-    args = parser.parse_args(argv)
-
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
-    if args.ship and (args.size != "default" or args.seed != 0):
-        parser.error("--ship ships the default size built with seed 0")
-    folder = builtin_model_path(args.family, args.size, args.seed, rebuild=args.force, threads=args.threads)
-    record = json.loads((folder / CONFIG_FILE).read_text())
-    print(f"model: {folder}")
-    print(f"parameters: {record['parameters']:,}  build: {record['build_seconds']} s  final loss: {record['final_loss']}")
-    entry = None
-    if args.ship:
-        entry = ship(args.family, args.threads)
-        folder = SHIPPED_MODELS / args.family
-        print(f"shipped to {folder}: greedy {entry['slice_greedy']:.3f} on the first {SHIPPED_SLICE} test items")
-    if args.examples <= 0:
-        return
-    from envs.base import DataError
-
-    try:
-        accuracy = {split: measure_accuracy(folder, args.family, split, args.examples, args.samples, args.seed) for split in ("train", "test")}
-    except DataError as error:
-        print(f"not evaluated: {error}")
-        return
-    for split, result in accuracy.items():
-        print(f"{split:>5}: " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
-    if entry is not None:
-        _record_shipped(args.family, entry | {"accuracy": accuracy, "accuracy_command": f"python -m trice_rl.builtin_model --family {args.family} --examples {args.examples} --samples {args.samples}"})
-
-
-if __name__ == "__main__":
-    main()
+def resolve_model_path(name_or_path: str) -> str:
+    """``builtin`` / ``builtin:<family>[:<size>]`` → the cached built-in model folder (built
+    on first use); an existing local folder as is; anything else is treated as a hub id."""
+    if is_builtin(name_or_path):
+        return str(resolve_builtin(name_or_path))
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.sep in name_or_path and not os.path.exists(name_or_path) and name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model folder {name_or_path!r} does not exist; give a local folder, a hub id or 'builtin'")
+    return name_or_path

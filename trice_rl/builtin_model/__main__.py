@@ -1,0 +1,3 @@
+from trice_rl.builtin_model.cli import main
+
+main()
