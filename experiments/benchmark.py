@@ -38,10 +38,12 @@ Writes into ``--out``: ``results.csv`` (one row per setting, method and seed),
 (the runs), and per setting ``curves_<setting>.png`` (test accuracy against samples, band
 over seeds), ``variance_<setting>.png`` (TRICE vs TRICE without control variate) and
 ``hardest_<setting>.png``, ``summary.csv`` and ``config.json``.  Runs go to ``--workers``
-processes (default one per core, each with its share of the torch threads).  Finished runs,
-base-model measurements (``<setting>/base.json``) and TRL's runs
-(``<setting>/trl-grpo/lr<rate>-seed<k>.json``) are skipped and an interrupted run
-continues from its checkpoint, so a stopped benchmark resumes where it stopped.
+processes (default one per core, each with its share of the torch threads).  Finished runs
+(the runner's ``<algo>-seed<k>.result.json``, where a chosen search run's majority-of-k is
+added afterwards), base-model measurements (``<setting>/base.json``) and TRL's runs
+(``<setting>/trl-grpo/lr<rate>-seed<k>.json``) are read instead of run again and an
+interrupted run continues from its checkpoint, so a stopped benchmark resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -60,11 +62,10 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -74,11 +75,11 @@ import envs  # noqa: F401  (registers the environments)
 from algorithms import get_algorithm
 from envs import Task, make_task
 from trice_rl.budget import Budget, BudgetMeter
-from trice_rl.evaluation import EvalConfig, evaluate
+from trice_rl.evaluation import EvalConfig, evaluate, hardest_quartile
 from trice_rl.machine import load_average, machine_info
 from trice_rl.plotting import matched_accuracy, plot_curves
 from trice_rl.policy import Policy
-from trice_rl.runner import Runner, RunConfig, run_files
+from trice_rl.runner import Runner, RunConfig, add_to_result, atomic_write_text, finished_result, load_final_parameters
 
 METHODS = ("prompt-tuning", "cot-sft", "star", "rft", "trice-nocv", "trice", "trice-k", "grpo")
 SAMPLES_PER_STEP = 32
@@ -117,17 +118,31 @@ SETTINGS = {
     "multistep_arithmetic_two": Setting("trice_rl/BBH-multistep_arithmetic_two-v0", "multistep_arithmetic_two", {"train_source": "procedural"}),
 }
 
+@dataclass(frozen=True)
+class Sizes:
+    """What a benchmark measures; finished runs are reused only under the same sizes."""
+
+    settings: tuple[str, ...]
+    num_train: int  # training examples (a setting's own ``num_train`` overrides it)
+    num_validation: int  # items that choose the learning rate
+    num_test: int  # arithmetic's test items (the BBH settings test on all 250 real items)
+    budget_samples: int  # samples per run
+    eval_every: int  # samples between held-out test evaluations
+    variance_every: int  # TRICE's optimizer steps between estimator-variance probes
+    majority_k: int  # samples per test item for majority-of-k
+    base_samples_per_example: int  # the base model's samples per training example
+    seeds: tuple[int, ...]  # the first is the search seed
+    model_size: str  # the built-in models' size
+
+
 PRESETS = {
     # The three settings: 150 training examples (the paper's BBH count), each visited about
-    # 4 times, 20 optimizer steps.  On a 2-core CPU (two workers) the three settings took
-    # 8,260 s (multistep_arithmetic_two 3,967), more than twice the hour this preset aims at;
-    # with the current decoder, on a slower CPU (77 GFLOP/s matmul), the three in one
-    # invocation took 7,711 s.
-    "quick": dict(
+    # 4 times, 20 optimizer steps.  Measured times: docs/benchmark.
+    "quick": Sizes(
         settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
         num_train=150,
         num_validation=100,
-        num_test=200,  # arithmetic; the BBH settings test on all 250 real items
+        num_test=200,
         budget_samples=640,
         eval_every=320,
         variance_every=5,
@@ -138,7 +153,7 @@ PRESETS = {
     ),
     # The paper's BBH regime (150 examples, 500 steps of 32: about 100 visits each) and the
     # large-training-set regime; about 12 times the quick preset's compute per run.
-    "full": dict(
+    "full": Sizes(
         settings=("arithmetic", "arithmetic-large", "boolean_expressions", "multistep_arithmetic_two"),
         num_train=150,
         num_validation=250,
@@ -154,7 +169,7 @@ PRESETS = {
     # The paper's regime within a CPU's reach: 150 training examples, 300 optimizer steps of
     # 32 samples (each example visited about 64 times), 8 held-out evaluations per run so
     # that over-fitting shows in the curves.
-    "paper": dict(
+    "paper": Sizes(
         settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
         num_train=150,
         num_validation=100,
@@ -168,7 +183,7 @@ PRESETS = {
         model_size="default",
     ),
     # Seconds, with the tiny built-in models whose accuracy means nothing: for tests.
-    "smoke": dict(
+    "smoke": Sizes(
         settings=("arithmetic",),
         num_train=16,
         num_validation=8,
@@ -184,7 +199,25 @@ PRESETS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class Plan:
+    """One invocation: the sizes, what to run, where, and on how many worker processes."""
+
+    sizes: Sizes
+    settings: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    out: Path
+    workers: int
+    trl: bool = True
+    progress: bool = True
+
+    @property
+    def search_seed(self) -> int:
+        return self.seeds[0]
+
+
+def parse_args(argv: list[str] | None = None) -> Plan:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     parser.add_argument("--settings", help=f"comma-separated, any of: {', '.join(SETTINGS)} (default: the preset's)")
@@ -196,11 +229,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs in parallel, each on cores/workers torch threads (default: one per core)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    preset = dict(PRESETS[args.preset])
-    args.settings = _choices(parser, args.settings or ",".join(preset["settings"]), SETTINGS, "setting")
-    args.methods = _choices(parser, args.methods, METHODS, "method")
+    sizes = PRESETS[args.preset]
     try:
-        args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(preset["seeds"])
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else sizes.seeds
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     if args.workers < 1:
@@ -208,13 +239,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.budget_samples is not None:
         if args.budget_samples <= 0:
             parser.error("--budget-samples must be positive")
-        preset["budget_samples"] = args.budget_samples
-    args.sizes = preset
-    return args
+        sizes = dataclasses.replace(sizes, budget_samples=args.budget_samples)
+    return Plan(
+        sizes=sizes,
+        settings=_choices(parser, args.settings or ",".join(sizes.settings), SETTINGS, "setting"),
+        methods=_choices(parser, args.methods, METHODS, "method"),
+        seeds=seeds,
+        out=Path(args.out),
+        workers=args.workers,
+        trl=not args.no_trl,
+        progress=not args.no_progress,
+    )
 
 
-def _choices(parser: argparse.ArgumentParser, text: str, valid, what: str) -> list[str]:
-    chosen = [item.strip() for item in text.split(",") if item.strip()]
+def _choices(parser: argparse.ArgumentParser, text: str, valid, what: str) -> tuple[str, ...]:
+    chosen = tuple(item.strip() for item in text.split(",") if item.strip())
     unknown = [item for item in chosen if item not in valid]
     if unknown or not chosen:
         parser.error(f"unknown {what} {', '.join(unknown) or '(none)'}; valid: {', '.join(valid)}")
@@ -222,105 +261,20 @@ def _choices(parser: argparse.ArgumentParser, text: str, valid, what: str) -> li
 
 
 # ------------------------------------------------------------------------- the task
-def setting_task(name: str, sizes: dict) -> Task:
+def setting_task(name: str, sizes: Sizes) -> Task:
     setting = SETTINGS[name]
-    num_train = setting.num_train or sizes["num_train"]
-    kwargs = {"num_train": num_train, "num_validation": sizes["num_validation"]} | setting.env_kwargs
+    kwargs = {"num_train": setting.num_train or sizes.num_train, "num_validation": sizes.num_validation} | setting.env_kwargs
     if setting.family == "arithmetic":
-        kwargs["num_test"] = sizes["num_test"]
+        kwargs["num_test"] = sizes.num_test
     return make_task(setting.env, **kwargs)
 
 
-def hardest_quartile(policy: Policy, task: Task, samples_per_example: int, max_new_tokens: int, seed: int = 0) -> tuple[list[int], np.ndarray]:
-    """The base model's sampled accuracy per training example (not charged), and the indices
-    of the lowest quartile (ties broken by index, so the set is fixed)."""
-    train = task.examples("train")
-    prompts = [task.cot_prompt(e.question) for e in train]
-    with policy.meter.paused():
-        samples = policy.sample(prompts, n=samples_per_example, max_new_tokens=max_new_tokens, stop=task.stop_strings, seed=seed)
-    targets = [e.answer for e in train for _ in range(samples_per_example)]
-    accuracy = task.score(samples.texts, targets).reshape(len(train), samples_per_example).mean(1)
-    order = np.lexsort((np.arange(len(train)), accuracy))
-    return sorted(int(i) for i in order[: max(1, len(train) // 4)]), accuracy
+def learning_rates(method: str) -> tuple[float, ...]:
+    return LEARNING_RATES[get_algorithm(method).default_tune or "full"]
 
 
-# ------------------------------------------------------------------------- the runs
-def method_config(method: str, lr: float, max_new_tokens: int):
-    return get_algorithm(method).Config(lr=lr, max_new_tokens=max_new_tokens, **METHOD_SHAPES[method])
-
-
-def run_once(setting: str, method: str, lr: float, seed: int, args, tracked: list[int], base_greedy: float, majority: bool) -> dict:
-    """One (method, learning rate, seed) run, or its result if it already finished.
-
-    CoT methods tuning the whole model start from the base model itself, whose test accuracy
-    the base run measured: step 0 logs that instead of evaluating it again.  ``majority``:
-    end with majority-of-k on the test split (search runs skip it; the chosen one gets it
-    afterwards from ``final_majority``)."""
-    sizes = args.sizes
-    folder = run_folder(args, setting, lr)
-    csv_path, _ = run_files(folder, method, seed)
-    seconds_path = folder / f"{method}-seed{seed}.seconds.json"
-    if csv_path.exists():
-        last = pd.read_csv(csv_path).iloc[-1]
-        if pd.notna(last.get("val_acc_greedy")):
-            seconds = json.loads(seconds_path.read_text()) if seconds_path.exists() else {}
-            return last.to_dict() | seconds | {"reused": True}
-    task = setting_task(setting, sizes)
-    max_new_tokens = task.max_new_tokens
-    cls = get_algorithm(method)
-    policy = method_policy(setting, cls, seed, args)
-    algorithm = cls(policy, task, method_config(method, lr, max_new_tokens), seed=seed)
-    starts_from_base = cls.prompt_kind == "cot" and cls.default_tune in (None, "full")
-    run_config = RunConfig(
-        budget=Budget(samples=sizes["budget_samples"]),
-        eval_every=sizes["eval_every"],
-        eval=EvalConfig(split="test", majority_k=sizes["majority_k"] if majority else 0, max_new_tokens=max_new_tokens),
-        variance_every=sizes["variance_every"] if method in ("trice", "trice-nocv") else 0,
-        variance_draws=4,
-        variance_batch=8,
-        tracked_examples=tuple(tracked),
-        final_validation=EvalConfig(split="validation", majority_k=0, max_new_tokens=max_new_tokens),
-        initial_eval={"eval_acc_greedy": base_greedy} if starts_from_base else None,
-    )
-    started = time.perf_counter()
-    outcome = Runner(algorithm, run_config, folder, progress=False).run(resume=True)
-    seconds = {"run_seconds": time.perf_counter() - started}  # training and evaluation
-    seconds_path.write_text(json.dumps(seconds))
-    return outcome | seconds | {"reused": False}
-
-
-def final_majority(setting: str, method: str, lr: float, seed: int, args) -> dict:
-    """Majority-of-k test accuracy of a finished run, from the parameters in its final
-    checkpoint, with the seed the run's own final evaluation would have used (so the same
-    number)."""
-    sizes = args.sizes
-    cls = get_algorithm(method)
-    policy = method_policy(setting, cls, seed, args)
-    _, checkpoint = run_files(run_folder(args, setting, lr), method, seed)
-    policy.load_tunable_state_dict(torch.load(checkpoint, weights_only=False)["policy"])
-    task = setting_task(setting, sizes)
-    config = EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=task.max_new_tokens, greedy=False)
-    return evaluate(policy, task, config, prompt_kind=cls.prompt_kind, seed=seed)
-
-
-def kept(path: Path, compute, *compute_args):
-    """``compute(*compute_args)``, a JSON value, kept at ``path``: a resumed benchmark reads
-    it instead of measuring it again."""
-    if path.exists():
-        return json.loads(path.read_text())
-    result = compute(*compute_args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
-    return result
-
-
-def method_policy(setting: str, cls, seed: int, args) -> Policy:
-    """The setting's built-in model, tunable as the method needs."""
-    return Policy.from_pretrained(SETTINGS[setting].model(args.sizes["model_size"]), tune=cls.default_tune or "full", seed=seed, meter=BudgetMeter())
-
-
-def run_folder(args, setting: str, lr: float) -> Path:
-    return Path(args.out) / setting / f"lr{lr:g}"
+def run_folder(plan: Plan, setting: str, lr: float) -> Path:
+    return plan.out / setting / f"lr{lr:g}"
 
 
 def trl_file(out: Path, setting: str, lr: float, seed: int) -> Path:
@@ -328,32 +282,136 @@ def trl_file(out: Path, setting: str, lr: float, seed: int) -> Path:
     return out / setting / "trl-grpo" / f"lr{lr:g}-seed{seed}.json"
 
 
-def learning_rates(method: str) -> tuple[float, ...]:
-    return LEARNING_RATES[get_algorithm(method).default_tune or "full"]
+def method_policy(plan: Plan, setting: str, method: str, seed: int) -> Policy:
+    """The setting's built-in model, tunable as the method needs."""
+    tune = get_algorithm(method).default_tune or "full"
+    return Policy.from_pretrained(SETTINGS[setting].model(plan.sizes.model_size), tune=tune, seed=seed, meter=BudgetMeter())
 
 
-def run_base(setting: str, args) -> dict:
+def kept(path: Path, compute, *compute_args):
+    """``compute(*compute_args)``, a JSON value, kept at ``path`` (written atomically): a
+    resumed benchmark reads it instead of measuring it again."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute(*compute_args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(result), path)
+    return result
+
+
+# ------------------------------------------------------------------- the jobs
+# Each job runs in a worker process and returns a JSON-able dict; a finished job's result
+# is on disk (the runner's result file, base.json, TRL's file), so a resumed benchmark
+# reads it instead of running the job again.
+def measure_base(plan: Plan, setting: str) -> dict:
     """The untuned model's accuracies (``row``) and the hardest quartile of the training
     examples (``tracked``)."""
-    sizes = args.sizes
-    task = setting_task(setting, sizes)
-    max_new_tokens = task.max_new_tokens
+    sizes, task = plan.sizes, setting_task(setting, plan.sizes)
     started = time.perf_counter()
-    base = Policy.from_pretrained(SETTINGS[setting].model(sizes["model_size"]), seed=0, meter=BudgetMeter())
-    tracked, base_train_accuracy = hardest_quartile(base, task, sizes["base_samples_per_example"], max_new_tokens)
-    row = {"setting": setting, "method": "base", "seed": 0, "train_acc_sampled": float(base_train_accuracy.mean())}
-    row |= evaluate(base, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=max_new_tokens))
-    row |= {"val_acc_greedy": evaluate(base, task, EvalConfig(split="validation", majority_k=0, max_new_tokens=max_new_tokens))["eval_acc_greedy"]}
-    row |= {"hardest_quartile_base_acc": float(base_train_accuracy[tracked].mean()), "hardest_quartile_size": len(tracked), "wall_seconds": time.perf_counter() - started}
+    base = Policy.from_pretrained(SETTINGS[setting].model(sizes.model_size), seed=0, meter=BudgetMeter())
+    tracked, accuracy = hardest_quartile(base, task, sizes.base_samples_per_example, task.max_new_tokens)
+    row = {"setting": setting, "method": "base", "seed": 0, "train_acc_sampled": float(accuracy.mean())}
+    row |= evaluate(base, task, EvalConfig(split="test", majority_k=sizes.majority_k, max_new_tokens=task.max_new_tokens))
+    row |= {"val_acc_greedy": evaluate(base, task, EvalConfig(split="validation", majority_k=0, max_new_tokens=task.max_new_tokens))["eval_acc_greedy"]}
+    row |= {"hardest_quartile_base_acc": float(accuracy[tracked].mean()), "hardest_quartile_size": len(tracked), "wall_seconds": time.perf_counter() - started}
     return {"row": row, "tracked": tracked}
+
+
+def base_job(plan: Plan, setting: str) -> dict:
+    return kept(plan.out / setting / "base.json", measure_base, plan, setting)
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One (setting, method, learning rate, seed) run.  ``majority``: end with majority-of-k
+    on the test split (search runs skip it; the chosen one gets it afterwards)."""
+
+    setting: str
+    method: str
+    lr: float
+    seed: int
+    majority: bool
+
+
+def run_job(plan: Plan, job: RunJob, base: dict) -> dict:
+    """The run, or its result if it finished.  CoT methods tuning the whole model start from
+    the base model itself, whose test accuracy the base job measured: step 0 logs that
+    instead of evaluating it again."""
+    folder, sizes = run_folder(plan, job.setting, job.lr), plan.sizes
+    finished = finished_result(folder, job.method, job.seed)
+    if finished is not None:
+        return finished | {"reused": True}
+    task = setting_task(job.setting, sizes)
+    cls = get_algorithm(job.method)
+    config = cls.Config(lr=job.lr, max_new_tokens=task.max_new_tokens, **METHOD_SHAPES[job.method])
+    algorithm = cls(method_policy(plan, job.setting, job.method, job.seed), task, config, seed=job.seed)
+    starts_from_base = cls.prompt_kind == "cot" and cls.default_tune in (None, "full")
+    run_config = RunConfig(
+        budget=Budget(samples=sizes.budget_samples),
+        eval_every=sizes.eval_every,
+        eval=EvalConfig(split="test", majority_k=sizes.majority_k if job.majority else 0, max_new_tokens=task.max_new_tokens),
+        variance_every=sizes.variance_every if job.method in ("trice", "trice-nocv") else 0,
+        variance_draws=4,
+        variance_batch=8,
+        tracked_examples=tuple(base["tracked"]),
+        final_validation=EvalConfig(split="validation", majority_k=0, max_new_tokens=task.max_new_tokens),
+        initial_eval={"eval_acc_greedy": base["row"]["eval_acc_greedy"]} if starts_from_base else None,
+    )
+    return Runner(algorithm, run_config, folder, progress=False).run(resume=True) | {"reused": False}
+
+
+def majority_job(plan: Plan, job: RunJob) -> dict:
+    """A finished search run's majority-of-k test accuracy, from its final parameters, with
+    the seed its own final evaluation would have used (so the same number); added to its
+    result file."""
+    folder = run_folder(plan, job.setting, job.lr)
+    result = finished_result(folder, job.method, job.seed)
+    if result is not None and result.get("eval_acc_majority") is not None:
+        return result
+    policy = method_policy(plan, job.setting, job.method, job.seed)
+    load_final_parameters(policy, folder, job.method, job.seed)
+    task = setting_task(job.setting, plan.sizes)
+    config = EvalConfig(split="test", majority_k=plan.sizes.majority_k, max_new_tokens=task.max_new_tokens, greedy=False)
+    majority = evaluate(policy, task, config, prompt_kind=get_algorithm(job.method).prompt_kind, seed=job.seed)
+    return add_to_result(folder, job.method, job.seed, majority)
+
+
+def trl_job(plan: Plan, setting: str, lr: float, seed: int) -> dict:
+    return kept(trl_file(plan.out, setting, lr, seed), run_trl_grpo, plan, setting, lr, seed)
+
+
+def run_trl_grpo(plan: Plan, setting: str, lr: float, seed: int) -> dict:
+    """TRL's GRPOTrainer with our grpo's shape and chosen learning rate, for one of our seeds;
+    our evaluation on the result."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    from trice_rl.builtin_model import CPU_ATTENTION, resolve_model_path
+    from trice_rl.trl_adapter import matching_grpo_config, task_dataset, task_reward
+
+    sizes, task = plan.sizes, setting_task(setting, plan.sizes)
+    prompts_per_step, group = METHOD_SHAPES["grpo"]["batch_size"], METHOD_SHAPES["grpo"]["group_size"]
+    steps = -(-sizes.budget_samples // (prompts_per_step * group))
+    path = resolve_model_path(SETTINGS[setting].model(sizes.model_size))
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=CPU_ATTENTION)  # as the Policy loads it
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"  # for TRL's generate; the Policy pads its own batches
+    config = matching_grpo_config(str(trl_file(plan.out, setting, lr, seed).parent), prompts_per_step, group, task.max_new_tokens, steps, lr, seed)
+    trainer = GRPOTrainer(model=model, reward_funcs=task_reward(task), args=config, train_dataset=task_dataset(task), processing_class=tokenizer)
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train()
+    seconds = time.perf_counter() - started
+    policy = Policy(trainer.model, tokenizer, seed=seed, meter=BudgetMeter())
+    accuracy = evaluate(policy, task, EvalConfig(split="test", majority_k=sizes.majority_k, max_new_tokens=task.max_new_tokens), seed=seed)
+    samples = steps * prompts_per_step * group
+    return {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
 
 
 def _init_worker(threads: int) -> None:
     """Each worker process runs single runs with its share of the cores: small models
     sample far faster on one thread per process than on several threads in one."""
     import warnings
-
-    import torch
 
     torch.set_num_threads(threads)
     transformers_logging.disable_progress_bar()
@@ -362,75 +420,19 @@ def _init_worker(threads: int) -> None:
 
 
 def _final_columns(outcome: dict) -> dict:
-    keys = ("eval_acc_greedy", "eval_acc_majority", "eval_acc_sampled", "val_acc_greedy", "samples_drawn", "grad_steps", "tokens_generated", "train_flops", "wall_seconds", "run_seconds", "tracked_solved")
+    keys = ("eval_acc_greedy", "eval_acc_majority", "eval_acc_sampled", "val_acc_greedy", "samples_drawn", "grad_steps", "tokens_generated", "train_flops", "wall_seconds", "tracked_solved")
     return {k: outcome.get(k, float("nan")) for k in keys}
 
 
-# ---------------------------------------------------------------------- TRL's GRPO
-def run_trl_grpo(setting: str, lr: float, seed: int, args) -> dict:
-    """TRL's GRPOTrainer with our grpo's shape and chosen learning rate, for one of our seeds;
-    our evaluation on the result.  The loss is TRL's ``dr_grpo`` (a constant divisor, which Adam
-    ignores), rewards scaled by the group std, constant learning rate, no KL: our ``grpo``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
-
-    from trice_rl.builtin_model import CPU_ATTENTION, resolve_model_path
-    from trice_rl.trl_adapter import task_dataset, task_reward
-
-    sizes = args.sizes
-    out = trl_file(Path(args.out), setting, lr, seed).parent
-    task = setting_task(setting, sizes)
-    shape = METHOD_SHAPES["grpo"]
-    prompts_per_step, group = shape["batch_size"], shape["group_size"]
-    steps = -(-sizes["budget_samples"] // (prompts_per_step * group))
-    path = resolve_model_path(SETTINGS[setting].model(sizes["model_size"]))
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=CPU_ATTENTION)  # as the Policy loads it
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"  # for TRL's generate; the Policy pads its own batches
-    config = GRPOConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=prompts_per_step * group,
-        num_generations=group,
-        max_completion_length=task.max_new_tokens,
-        max_steps=steps,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        optim="adamw_torch",
-        loss_type="dr_grpo",
-        scale_rewards="group",
-        beta=0.0,
-        temperature=1.0,
-        max_grad_norm=1.0,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        logging_strategy="no",
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=seed,
-    )
-    trainer = GRPOTrainer(model=model, reward_funcs=task_reward(task), args=config, train_dataset=task_dataset(task), processing_class=tokenizer)
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        trainer.train()
-    seconds = time.perf_counter() - started
-    policy = Policy(trainer.model, tokenizer, seed=seed, meter=BudgetMeter())
-    accuracy = evaluate(policy, task, EvalConfig(split="test", majority_k=sizes["majority_k"], max_new_tokens=task.max_new_tokens), seed=seed)
-    samples = steps * prompts_per_step * group
-    return {"setting": setting, "method": "trl-grpo", "lr": lr, "seed": seed, "samples_drawn": samples, "grad_steps": steps, "wall_seconds": seconds, "trl_s_per_sample": seconds / samples} | accuracy
-
-
-# ---------------------------------------------------------------------- the plots
-def plot_setting(setting: str, args) -> None:
+def plot_setting(plan: Plan, setting: str) -> None:
     """Curves of the chosen runs: test accuracy, TRICE's estimator variance, the hardest
     quartile holding a correct rationale."""
-    folder = Path(args.out)
+    folder = plan.out
     search = pd.read_csv(folder / "lr_search.csv") if (folder / "lr_search.csv").exists() else None
     runs = chosen_runs(folder, setting, search)
     if runs.empty:
         return
-    title = f"{setting}: built-in model, {args.sizes['budget_samples']} samples"
+    title = f"{setting}: built-in model, {plan.sizes.budget_samples} samples"
     plot_curves(runs, folder / f"curves_{setting}.png", title=title)
     plot_curves(runs, folder / f"curves_flops_{setting}.png", x="train_flops", title=f"{setting}: built-in model, against training FLOPs")
     variance = runs[runs["algo"].isin(["trice", "trice-nocv"])]
@@ -466,50 +468,45 @@ def chosen_runs(folder: Path, setting: str, search: pd.DataFrame | None) -> pd.D
 
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    args = parse_args(argv)
+    plan = parse_args(argv)
     transformers_logging.disable_progress_bar()
-    out = Path(args.out)
+    out = plan.out
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {}
-    if previous and previous.get("preset") != json.loads(json.dumps(args.sizes)):  # finished runs are reused: only with the same sizes
+    sizes = json.loads(json.dumps(dataclasses.asdict(plan.sizes)))
+    if previous and previous.get("preset") != sizes:  # finished runs are reused: only with the same sizes
         raise SystemExit(f"benchmark.py: error: {out} holds a benchmark with other sizes ({previous.get('preset')}); choose another --out")
     command = " ".join(["python"] + sys.argv)
     config = {
         "command": command,
-        "preset": args.sizes,
-        "settings": {name: dataclasses.asdict(SETTINGS[name]) for name in args.settings},
-        "methods": args.methods,
+        "preset": sizes,
+        "settings": {name: dataclasses.asdict(SETTINGS[name]) for name in plan.settings},
+        "methods": plan.methods,
         "method_shapes": METHOD_SHAPES,
         "learning_rates": LEARNING_RATES,
-        "seeds": args.seeds,
+        "seeds": plan.seeds,
         "machine": machine_info() | {"load1_start": load_average()},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     started = time.perf_counter()
     trl_kept = set(out.glob("*/trl-grpo/*.json"))
-    outcomes, bases, trl_rows = schedule(args)
-    search_seed = args.seeds[0]
-    search, chosen = [], {}
-    for s in args.settings:
-        for m in args.methods:
-            chosen[s, m] = choose_rate(outcomes, s, m, search_seed)
-            for lr in learning_rates(m):
-                outcome = outcomes[s, m, lr, search_seed]
-                search.append({"setting": s, "method": m, "lr": lr, "seed": search_seed, "val_acc_greedy": outcome["val_acc_greedy"], "test_acc_greedy": outcome["eval_acc_greedy"], "chosen": lr == chosen[s, m]})
+    outcomes, bases, trl_rows = run_all(plan)
+    chosen = {(s, m): choose_rate(outcomes, s, m, plan.search_seed) for s in plan.settings for m in plan.methods}
+    search = [
+        {"setting": s, "method": m, "lr": lr, "seed": plan.search_seed, "val_acc_greedy": outcomes[s, m, lr, plan.search_seed]["val_acc_greedy"], "test_acc_greedy": outcomes[s, m, lr, plan.search_seed]["eval_acc_greedy"], "chosen": lr == chosen[s, m]}
+        for s in plan.settings
+        for m in plan.methods
+        for lr in learning_rates(m)
+    ]
     pd.DataFrame(search).to_csv(out / "lr_search.csv", index=False)
     pd.DataFrame(bases.values()).to_csv(out / "base.csv", index=False)
-    results = [
-        {"setting": s, "method": m, "lr": chosen[s, m], "seed": seed} | _final_columns(outcomes[s, m, chosen[s, m], seed])
-        for s in args.settings
-        for m in args.methods
-        for seed in args.seeds
-    ]
+    results = [{"setting": s, "method": m, "lr": chosen[s, m], "seed": seed} | _final_columns(outcomes[s, m, chosen[s, m], seed]) for s in plan.settings for m in plan.methods for seed in plan.seeds]
     results = with_matched_flops(pd.DataFrame(results), out, pd.DataFrame(search))
     results.to_csv(out / "results.csv", index=False)
     if trl_rows:
         pd.DataFrame(trl_rows).to_csv(out / "trl_grpo.csv", index=False)
-    for setting in args.settings:
-        plot_setting(setting, args)
+    for setting in plan.settings:
+        plot_setting(plan, setting)
     table = summary_table(results, pd.DataFrame(bases.values()))
     table.to_csv(out / "summary.csv", index=False)
     config["wall_seconds"] = time.perf_counter() - started
@@ -522,7 +519,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         {"command": command, "wall_seconds": config["wall_seconds"], "runs": len(outcomes), "runs_reused": reused, "trl_runs": len(trl_rows), "trl_runs_reused": trl_reused}
     ]
     (out / "config.json").write_text(json.dumps(config, indent=2))
-    print(f"\nbenchmark wall time {time.perf_counter() - started:.0f} s")
+    print(f"\nbenchmark wall time {config['wall_seconds']:.0f} s")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", formatters={"lr": lambda v: f"{v:g}"}))
     if trl_rows:
         print(pd.DataFrame(trl_rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -531,8 +528,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 # Relative cost of one run (seconds with evaluation, multistep_arithmetic_two search runs at
 # the quick sizes: star 320, trice-nocv 170, trice 165, grpo 150, rft 140, cot-sft 108,
-# prompt-tuning 33): the longest runs start first, so that the last ones to finish are
-# short and no worker idles long at the end.
+# prompt-tuning 33): each stage starts its longest jobs first, so that the last ones to
+# finish are short and no worker idles long at the stage's end.
 METHOD_COST = {"star": 3, "trice-nocv": 1.6, "trice": 1.5, "trice-k": 1.4, "grpo": 1.4, "rft": 1.3, "cot-sft": 1, "prompt-tuning": 0.3}
 
 
@@ -541,62 +538,47 @@ def choose_rate(outcomes: dict, setting: str, method: str, seed: int) -> float:
     return max(learning_rates(method), key=lambda lr: (outcomes[setting, method, lr, seed]["val_acc_greedy"], -lr))
 
 
-def schedule(args) -> tuple[dict, dict, list[dict]]:
-    """Every run of the benchmark on a pool of workers, each started as soon as what it
-    needs is known: a setting's search once its base model is measured, a method's other
-    seeds (and the majority-of-k of its chosen search run, and TRL's GRPOTrainer for grpo, every seed)
-    once its search is done.  Returns the run outcomes by (setting, method, lr, seed), the
-    base rows by setting and TRL's rows."""
-    search_seed = args.seeds[0]
-    outcomes, bases, tracked, majorities, trl_rows = {}, {}, {}, {}, []
-    runs_total = len(args.settings) * sum(len(learning_rates(m)) + len(args.seeds) - 1 for m in args.methods)
-    bar = tqdm(total=runs_total, desc="benchmark runs", unit="run", disable=args.no_progress)
-    completion_tokens = {s: setting_task(s, args.sizes).max_new_tokens for s in args.settings}
+def run_all(plan: Plan) -> tuple[dict, dict, list[dict]]:
+    """Every job of the benchmark on a pool of worker processes, in three stages: the base
+    models; every method's learning-rate search on the search seed; then the other seeds at
+    the chosen rates, the chosen search runs' majority-of-k and TRL's GRPOTrainer.  Returns
+    the run outcomes by (setting, method, lr, seed), the base rows by setting and TRL's rows.
+    A job's exception stops the benchmark (finished jobs stay on disk for a resume)."""
     context = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
-    with ProcessPoolExecutor(args.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        pending = {}
+    threads = max(1, (os.cpu_count() or 1) // plan.workers)
+    cost = {s: setting_task(s, plan.sizes).max_new_tokens for s in plan.settings}
+    runs_total = len(plan.settings) * sum(len(learning_rates(m)) + len(plan.seeds) - 1 for m in plan.methods)
+    with ProcessPoolExecutor(plan.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool, tqdm(total=runs_total, desc="benchmark runs", unit="run", disable=not plan.progress) as bar:
+        settings = sorted(plan.settings, key=lambda s: -cost[s])
+        bases = dict(zip(settings, pool.map(base_job, [plan] * len(settings), settings)))
+        for s, base in bases.items():
+            bar.write(f"[{s}] base model: test greedy {base['row']['eval_acc_greedy']:.3f}, majority {base['row']['eval_acc_majority']:.3f}, validation {base['row']['val_acc_greedy']:.3f}")
+        search = [RunJob(s, m, lr, plan.search_seed, majority=False) for s in settings for m in plan.methods for lr in learning_rates(m)]
+        outcomes = _run_stage(pool, bar, plan, search, bases, cost)
+        chosen = [RunJob(s, m, choose_rate(outcomes, s, m, plan.search_seed), plan.search_seed, majority=True) for s in settings for m in plan.methods]
+        majorities = [pool.submit(majority_job, plan, job) for job in chosen]
+        trl = [pool.submit(trl_job, plan, job.setting, job.lr, seed) for job in chosen if job.method == "grpo" and plan.trl for seed in plan.seeds]
+        others = [dataclasses.replace(job, seed=seed) for job in chosen for seed in plan.seeds[1:]]
+        outcomes |= _run_stage(pool, bar, plan, others, bases, cost)
+        for job, future in zip(chosen, majorities):
+            outcomes[job.setting, job.method, job.lr, job.seed] |= future.result()
+        trl_rows = [future.result() for future in trl]
+    for row in trl_rows:
+        bar.write(f"  {row['setting']} TRL GRPOTrainer seed {row['seed']}: test greedy {row['eval_acc_greedy']:.3f}, {row['trl_s_per_sample']:.4f} s/sample")
+    return outcomes, {s: base["row"] for s, base in bases.items()}, sorted(trl_rows, key=lambda row: (plan.settings.index(row["setting"]), row["seed"]))
 
-        def submit(kind: str, key: tuple, fn, *fn_args) -> None:
-            pending[pool.submit(fn, *fn_args)] = (kind, key)
 
-        def submit_runs(jobs: list[tuple[str, str, float, int]], majority: bool) -> None:
-            for s, m, lr, seed in sorted(jobs, key=lambda job: -METHOD_COST[job[1]] * completion_tokens[job[0]]):
-                submit("run", (s, m, lr, seed), run_once, s, m, lr, seed, args, tracked[s], bases[s]["eval_acc_greedy"], majority)
-
-        for s in sorted(args.settings, key=lambda s: -completion_tokens[s]):
-            submit("base", (s,), kept, Path(args.out) / s / "base.json", run_base, s, args)
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                kind, key = pending.pop(future)
-                result = future.result()
-                if kind == "base":
-                    (s,) = key
-                    bases[s], tracked[s] = result["row"], result["tracked"]
-                    bar.write(f"[{s}] base model: test greedy {bases[s]['eval_acc_greedy']:.3f}, majority {bases[s]['eval_acc_majority']:.3f}, validation {bases[s]['val_acc_greedy']:.3f}")
-                    submit_runs([(s, m, lr, search_seed) for m in args.methods for lr in learning_rates(m)], majority=False)
-                elif kind == "run":
-                    outcomes[key] = result
-                    bar.update()
-                    bar.write(f"  {key[0]} {key[1]} lr {key[2]:g} seed {key[3]}: test greedy {result['eval_acc_greedy']:.3f}, validation {result['val_acc_greedy']:.3f}, {result.get('run_seconds', float('nan')):.0f} s")
-                    s, m, _, seed = key
-                    if seed == search_seed and all((s, m, lr, seed) in outcomes for lr in learning_rates(m)):
-                        lr = choose_rate(outcomes, s, m, seed)
-                        submit("majority", (s, m, lr, seed), kept, run_folder(args, s, lr) / f"{m}-seed{seed}.majority.json", final_majority, s, m, lr, seed, args)
-                        submit_runs([(s, m, lr, other) for other in args.seeds[1:]], majority=True)
-                        if m == "grpo" and not args.no_trl:
-                            for trl_seed in args.seeds:
-                                submit("trl", (s, trl_seed), kept, trl_file(Path(args.out), s, lr, trl_seed), run_trl_grpo, s, lr, trl_seed, args)
-                elif kind == "majority":
-                    majorities[key] = result
-                else:
-                    trl_rows.append(result)
-                    bar.write(f"  {result['setting']} TRL GRPOTrainer seed {result['seed']}: test greedy {result['eval_acc_greedy']:.3f}, {result['trl_s_per_sample']:.4f} s/sample")
-        bar.close()
-    for key, result in majorities.items():
-        outcomes[key] = outcomes[key] | result
-    return outcomes, bases, sorted(trl_rows, key=lambda row: (args.settings.index(row["setting"]), row["seed"]))
+def _run_stage(pool: ProcessPoolExecutor, bar: tqdm, plan: Plan, jobs: list[RunJob], bases: dict, cost: dict) -> dict:
+    """Run ``jobs``, longest first; their outcomes by (setting, method, lr, seed)."""
+    jobs = sorted(jobs, key=lambda job: -METHOD_COST[job.method] * cost[job.setting])
+    futures = {pool.submit(run_job, plan, job, bases[job.setting]): job for job in jobs}
+    outcomes = {}
+    for future in as_completed(futures):
+        job, result = futures[future], future.result()
+        outcomes[job.setting, job.method, job.lr, job.seed] = result
+        bar.update()
+        bar.write(f"  {job.setting} {job.method} lr {job.lr:g} seed {job.seed}: test greedy {result['eval_acc_greedy']:.3f}, validation {result['val_acc_greedy']:.3f}, {result['wall_seconds']:.0f} s training")
+    return outcomes
 
 
 def summary_table(results: pd.DataFrame, bases: pd.DataFrame) -> pd.DataFrame:

@@ -2,6 +2,11 @@
 a process-pool benchmark of minutes, so these run with ``-m slow`` (as .ci/run does)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -70,7 +75,7 @@ def test_a_rerun_skips_finished_runs(smoke_benchmark):
     assert len(trl) == 2
     pd.testing.assert_frame_equal(pd.read_csv(out / "trl_grpo.csv"), trl_rows)  # from TRL's cached runs
     # The runs' own times survive the reuse, and the folder's record lists both invocations.
-    pd.testing.assert_series_equal(pd.read_csv(out / "results.csv")["run_seconds"], results["run_seconds"])
+    pd.testing.assert_series_equal(pd.read_csv(out / "results.csv")["wall_seconds"], results["wall_seconds"])
     first, second = json.loads((out / "config.json").read_text())["invocations"][:2]
     assert first["runs_reused"] == 0 and second["runs_reused"] == second["runs"] == first["runs"] > 0
     assert first["trl_runs_reused"] == 0 and second["trl_runs_reused"] == second["trl_runs"] == first["trl_runs"] == 2
@@ -134,6 +139,35 @@ def test_search_runs_share_the_base_evaluation_and_get_their_majority_afterwards
     # The majority-of-k evaluated afterwards from a run's final checkpoint is the number its
     # own final evaluation gives: recompute it for a seed whose run evaluated it itself.
     seed1 = results[(results["method"] == "trice") & (results["seed"] == 1)].iloc[0]
-    again = benchmark.final_majority("arithmetic", "trice", seed1["lr"], 1, benchmark.parse_args(argv))
+    job = benchmark.RunJob("arithmetic", "trice", seed1["lr"], 1, majority=True)
+    folder = benchmark.run_folder(benchmark.parse_args(argv), "arithmetic", seed1["lr"])
+    result = folder / "trice-seed1.result.json"
+    own = json.loads(result.read_text())
+    result.write_text(json.dumps({k: v for k, v in own.items() if k not in ("eval_acc_majority", "eval_acc_sampled")}))
+    again = benchmark.majority_job(benchmark.parse_args(argv), job)
     assert again["eval_acc_majority"] == pytest.approx(seed1["eval_acc_majority"])
     assert again["eval_acc_sampled"] == pytest.approx(seed1["eval_acc_sampled"])
+
+
+def test_a_killed_worker_stops_the_benchmark_and_a_rerun_resumes_it(smoke_benchmark, tmp_path):
+    """SIGKILL the worker process while it trains: the pool's error stops the benchmark;
+    the same command again finishes, with the results of an uninterrupted benchmark."""
+    _, reference, _ = smoke_benchmark
+    out = tmp_path / "killed"
+    command = [sys.executable, str(REPO / "experiments" / "benchmark.py"), "--preset", "smoke", "--methods", "trice", "--no-trl", "--workers", "1", "--no-progress", "--out", str(out)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("arithmetic/lr*/checkpoints/trice-seed0.pt")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(first.pid)], capture_output=True, text=True).stdout.split()
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode != 0 and "BrokenProcessPool" in stderr
+    assert not (out / "results.csv").exists()
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    columns = ["setting", "method", "lr", "seed", "eval_acc_greedy", "eval_acc_majority", "val_acc_greedy", "samples_drawn", "grad_steps", "train_flops"]
+    expected = pd.read_csv(reference / "results.csv")
+    expected = expected[expected["method"] == "trice"][columns].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv")[columns], expected)

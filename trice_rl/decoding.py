@@ -79,13 +79,15 @@ class _Settings:
 
 
 def decode(policy, prompts: Sequence[str], n: int, *, temperature: float, max_new_tokens: int, stop, top_k, top_p, seed, batch_size, greedy: bool) -> Samples:
-    """``n`` completions per prompt, drawn in batches of at most ``batch_size`` rows."""
+    """``n`` completions per prompt, drawn in batches of at most ``batch_size`` rows
+    (default: :meth:`Policy.sampling_batch_size`, which on CUDA fits free memory)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     generator = policy.generator if seed is None else torch.Generator(device=policy.device).manual_seed(seed)
     settings = _Settings(n, temperature, max_new_tokens, tuple(s for s in (stop or ()) if s), top_k, top_p, greedy, generator)
     prompt_ids = policy.encode_prompts(prompts)
-    prompts_per_batch = max(1, (batch_size or policy.max_batch_size) // n)
+    rows = batch_size or policy.sampling_batch_size(max(map(len, prompt_ids), default=0), max_new_tokens)
+    prompts_per_batch = max(1, rows // n)
     decoder_class = _LlamaDecoder if _LlamaDecoder.supports(policy) else _HFDecoder
     was_training = policy.model.training
     policy.model.eval()
@@ -396,7 +398,7 @@ def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not module.disable_adapters and not module.merged:
         for name in module.active_adapters:
             if name in module.lora_A:
-                weight = weight + module.get_delta_weight(name)
+                weight = weight + module.get_delta_weight(name).to(weight.dtype)  # float32 adapters on a bfloat16 base
     return weight, module.base_layer.bias
 
 

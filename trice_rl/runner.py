@@ -5,7 +5,10 @@ Resuming is exact: a run killed at any point and resumed writes the same rows as
 uninterrupted one (wall-clock columns aside).  A row is counted in a checkpoint only once
 it is on disk, resuming cuts the CSV back to the checkpoint's rows (a line torn by the kill
 included), and a finished run leaves ``<algo>-seed<k>.result.json``, which a resume
-returns without running anything again."""
+returns without running anything again.
+
+Launched on W processes (``torchrun``), every rank runs this loop on the same state and
+takes the same decisions; rank 0 alone writes the files (docs/distributed.md)."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from trice_rl import distributed
 from trice_rl.algorithm import Algorithm, MinibatchStream
 from trice_rl.budget import SAMPLE_LIMITS, Budget
 from trice_rl.evaluation import EvalConfig, evaluate
@@ -105,6 +109,30 @@ def run_files(out_dir: str | os.PathLike, algo: str, seed: int) -> tuple[Path, P
     return out_dir / f"{algo}-seed{seed}.csv", out_dir / "checkpoints" / f"{algo}-seed{seed}.pt"
 
 
+def finished_result(out_dir: str | os.PathLike, algo: str, seed: int) -> dict[str, Any] | None:
+    """The result a finished run left (its final evaluation and usage), or ``None``."""
+    path = run_files(out_dir, algo, seed)[0].with_suffix(".result.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def add_to_result(out_dir: str | os.PathLike, algo: str, seed: int, values: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's result with ``values`` added (a measurement made afterwards, e.g.
+    from its final parameters), rewritten atomically."""
+    result = finished_result(out_dir, algo, seed)
+    if result is None:
+        raise FileNotFoundError(f"{algo} seed {seed} in {out_dir} has not finished")
+    result |= values
+    atomic_write_text(json.dumps(result, indent=2), run_files(out_dir, algo, seed)[0].with_suffix(".result.json"))
+    return result
+
+
+def load_final_parameters(policy, out_dir: str | os.PathLike, algo: str, seed: int) -> None:
+    """Load into ``policy`` the tuned parameters of a finished run (its last checkpoint is
+    written after training, before the final evaluation)."""
+    checkpoint = run_files(out_dir, algo, seed)[1]
+    policy.load_tunable_state_dict(torch.load(checkpoint, weights_only=False)["policy"])
+
+
 class Runner:
     """Drives one (algorithm, seed) run, writing ``<out>/<algo>-seed<seed>.csv``,
     ``<out>/checkpoints/<algo>-seed<seed>.pt`` and, once finished,
@@ -116,7 +144,7 @@ class Runner:
         self.out_dir = Path(out_dir)
         self.progress = progress
         self.csv_path, self.checkpoint_path = run_files(self.out_dir, algorithm.name, algorithm.seed)
-        self.result_path = self.csv_path.with_suffix(".result.json")
+        self.result_path = self.csv_path.with_suffix(".result.json")  # see finished_result
         extra = ("val_acc_greedy", "val_acc_majority") if config.final_validation else ()
         self.columns = BASE_COLUMNS + extra + tuple(m for m in algorithm.metric_names if m not in BASE_COLUMNS)
         self.rows_written = 0
@@ -124,6 +152,7 @@ class Runner:
         self.setup_done = False
         self.training_done = False
         self.stalled, self.spent_before = 0, None  # steps in a row that spent no limit
+        self.sync_meter = distributed.MeterSync(algorithm.policy.meter)
         probe_size = min(config.variance_batch, len(algorithm.train))
         self.probe_indices = MinibatchStream(len(algorithm.train), seed=10_000 + algorithm.seed).next(probe_size)
 
@@ -131,21 +160,24 @@ class Runner:
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Set up, train until the budget is spent, evaluate a last time; with ``resume``,
         continue from the checkpoint, or return the result of a run that finished."""
-        if resume and self.result_path.exists():
+        # Rank 0 decides what is on disk (it may be replacing those files right now).
+        if distributed.agree(resume and self.result_path.exists()):
             return json.loads(self.result_path.read_text())
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and self.checkpoint_path.exists():
+        if distributed.is_main():
+            self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        if distributed.agree(resume and self.checkpoint_path.exists()):
             self._load_checkpoint()
         else:
             self._start()
         # One bar from the first second: set-up and evaluations are labelled, the budget's
         # fraction drives it (and tqdm's ETA) while training.
         algorithm = self.algorithm
-        bar = tqdm(total=1000, desc=f"{algorithm.name} seed {algorithm.seed}", disable=not self.progress, leave=False)
+        bar = tqdm(total=1000, desc=f"{algorithm.name} seed {algorithm.seed}", disable=not (self.progress and distributed.is_main()), leave=False)
         try:
             if not self.setup_done:
                 bar.set_postfix_str("set-up and first evaluation")
                 row = algorithm.setup() | self._tracked_solved()
+                self.sync_meter()
                 known = self.config.initial_eval
                 self._write_row(row | (self._evaluate(final=False) if known is None else self._skip_evaluation(known)))
                 self.setup_done = True
@@ -164,8 +196,9 @@ class Runner:
         and checkpoint first, so that a kill before the first new checkpoint leaves nothing
         of the old run to resume)."""
         algorithm, meter = self.algorithm, self.algorithm.policy.meter
-        self.result_path.unlink(missing_ok=True)
-        self.checkpoint_path.unlink(missing_ok=True)
+        if distributed.is_main():
+            self.result_path.unlink(missing_ok=True)
+            self.checkpoint_path.unlink(missing_ok=True)
         self._start_csv()
         meter.start_clock()  # the run's own time, not a model build before it
         if algorithm.schedule_horizon is None:
@@ -176,14 +209,16 @@ class Runner:
         bar.update(int(1000 * min(meter.fraction_used(budget), 1.0)))
         while not self._should_stop():
             metrics = algorithm.step()
+            self.sync_meter()
             algorithm.steps_done += 1
             row = dict(metrics) | self._tracked_solved() | algorithm.pop_rationale_stats()
             if self.config.variance_every and algorithm.steps_done % self.config.variance_every == 0:
                 row |= self._variance_probe()
             if self._stalls():
-                tqdm.write(f"{algorithm.name} seed {algorithm.seed}: stopped, {self.stalled} steps spent none of the budget's limits")
+                if distributed.is_main():
+                    tqdm.write(f"{algorithm.name} seed {algorithm.seed}: stopped, {self.stalled} steps spent none of the budget's limits")
                 break
-            evaluated = meter.samples >= self.next_eval and not meter.exhausted(budget)
+            evaluated = distributed.agree(meter.samples >= self.next_eval and not meter.exhausted(budget))
             if evaluated:
                 row |= self._evaluate(final=False)
             last_row = self._write_row(row)
@@ -202,7 +237,8 @@ class Runner:
             final |= {f"val_{key.removeprefix('eval_')}": value for key, value in validation.items() if key != "eval_acc_sampled"}
         self._write_row(final)
         result = {"algo": algorithm.name, "seed": algorithm.seed, **final, **self._usage()}
-        atomic_write_text(json.dumps(result, indent=2), self.result_path)
+        if distributed.is_main():
+            atomic_write_text(json.dumps(result, indent=2), self.result_path)
         return result
 
     def _should_stop(self) -> bool:
@@ -210,7 +246,7 @@ class Runner:
         cannot pay for one example; then the algorithm may still finish work that draws no
         samples (:meth:`Algorithm.wrap_up`) while the other limits allow."""
         algorithm, meter, budget = self.algorithm, self.algorithm.policy.meter, self.config.budget
-        spent = meter.spent_limits(budget)
+        spent = distributed.agree(meter.spent_limits(budget))  # every rank stops at the same step
         if budget.samples is not None:
             algorithm.sample_allowance = int(budget.samples - meter.samples)
             if algorithm.step_samples() > algorithm.sample_allowance:
@@ -277,12 +313,14 @@ class Runner:
         }
 
     def _start_csv(self) -> None:
-        atomic_write_text(_csv_line(self.columns), self.csv_path)
+        if distributed.is_main():
+            atomic_write_text(_csv_line(self.columns), self.csv_path)
         self.rows_written = 0
 
     def _write_row(self, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"algo": self.algorithm.name, "seed": self.algorithm.seed, "step": self.algorithm.steps_done, **self._usage(), **metrics}
-        append_line(self.csv_path, _csv_line([_cell(row.get(column)) for column in self.columns]))
+        if distributed.is_main():  # every rank holds the same row (wall-clock columns aside)
+            append_line(self.csv_path, _csv_line([_cell(row.get(column)) for column in self.columns]))
         self.rows_written += 1
         return row
 
@@ -298,11 +336,17 @@ class Runner:
 
     # ----------------------------------------------------------- checkpoints
     def _checkpoint(self) -> None:
+        """Rank 0 saves the run: every rank holds the same state but its own sampling
+        generator, so the checkpoint keeps each rank's (``rank_rngs``)."""
         policy = self.algorithm.policy
+        rank_rngs = distributed.gather([policy.rng_state()])
+        if not distributed.is_main():
+            return
         atomic_torch_save(
             {
                 "policy": policy.tunable_state_dict(),
                 "policy_rng": policy.rng_state(),
+                "rank_rngs": rank_rngs,
                 "meter": policy.meter.state_dict(),
                 "algorithm": self.algorithm.state_dict(),
                 "rows_written": self.rows_written,
@@ -318,15 +362,27 @@ class Runner:
         state = torch.load(self.checkpoint_path, weights_only=False)
         policy = self.algorithm.policy
         policy.load_tunable_state_dict(state["policy"])
-        policy.set_rng_state(state["policy_rng"])
         policy.meter.load_state_dict(state["meter"])
+        self.sync_meter.mark()
         self.algorithm.load_state_dict(state["algorithm"])
+        self._restore_rng(state.get("rank_rngs", [state["policy_rng"]]))
         self.rows_written = state["rows_written"]
         self.next_eval = state["next_eval"]
         self.setup_done = state["setup_done"]
         self.training_done = state.get("training_done", False)
         self.stalled, self.spent_before = state.get("stall", (0, None))
-        self._cut_csv()
+        if distributed.is_main():
+            self._cut_csv()
+
+    def _restore_rng(self, rank_rngs: list[torch.Tensor]) -> None:
+        """Each rank's sampling generator as checkpointed, so that a resumed run draws what
+        the uninterrupted one would; run by another number of ranks, each rank starts a
+        fresh stream (seeded from the seed, its rank, the world size and the step)."""
+        policy, world_size = self.algorithm.policy, distributed.world_size()
+        if len(rank_rngs) == world_size:
+            policy.set_rng_state(rank_rngs[distributed.rank()])
+        else:
+            policy.generator.manual_seed(distributed.rank_seed(self.algorithm.seed, world_size, self.algorithm.steps_done))
 
 
 def _csv_line(cells: list[Any] | tuple[Any, ...]) -> str:

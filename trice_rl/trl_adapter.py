@@ -1,6 +1,7 @@
 """Train on the project's reasoning environments with TRL.
 
-Two functions turn a :class:`~envs.base.Task` into what TRL's ``GRPOTrainer`` consumes:
+Three functions turn a :class:`~envs.base.Task` and this project's ``grpo`` settings into
+what TRL's ``GRPOTrainer`` consumes:
 
 * :func:`task_dataset`: a ``datasets.Dataset`` with columns ``prompt`` (the plain-text
   prompt, not chat messages), ``answer`` (the target) and ``index`` (the example's position
@@ -9,7 +10,9 @@ Two functions turn a :class:`~envs.base.Task` into what TRL's ``GRPOTrainer`` co
   -> list[float]`` that returns 1.0 for a completion stating the right answer, else 0.0, by
   the Task's own batched :meth:`~envs.base.Task.score`.  GRPOTrainer passes every extra
   dataset column as a keyword argument (one entry per completion), which is how ``answer``
-  arrives.
+  arrives;
+* :func:`matching_grpo_config`: a ``GRPOConfig`` that trains as this project's ``grpo``
+  does (for the benchmarks that set the two side by side).
 
 Usage::
 
@@ -118,3 +121,39 @@ def task_reward(task: Task, prompt_kind: str = "cot") -> Callable[..., list[floa
     reward.__name__ = reward.__qualname__ = f"{name}_correct"
     reward.__doc__ = f"1.0 if a completion states the target answer of task {getattr(task, 'name', 'task')!r}, else 0.0."
     return reward
+
+
+def matching_grpo_config(output_dir: str, prompts_per_step: int, group_size: int, max_completion_length: int, max_steps: int, learning_rate: float, seed: int = 0, **overrides: Any):
+    """A ``GRPOConfig`` for the update this project's ``grpo`` makes: ``prompts_per_step`` ×
+    ``group_size`` completions per optimizer step, loss ``dr_grpo`` (a constant divisor,
+    which Adam ignores), rewards scaled by the group's std, no KL term, AdamW at a constant
+    rate, gradients clipped at 1.0; on the CPU in fp32, without logging, saving or progress
+    bars.  ``overrides`` replace any field (e.g. ``generation_kwargs``)."""
+    from trl import GRPOConfig
+
+    fields = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=prompts_per_step * group_size,
+        num_generations=group_size,
+        max_completion_length=max_completion_length,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        loss_type="dr_grpo",
+        scale_rewards="group",
+        beta=0.0,
+        temperature=1.0,
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        logging_strategy="no",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=seed,
+    )
+    return GRPOConfig(**(fields | overrides))
+
