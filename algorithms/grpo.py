@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from trice_rl import distributed
 from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
 from trice_rl.policy import Samples
 
@@ -143,20 +144,21 @@ class GRPO(Algorithm):
         rows = torch.nonzero(coefficients).flatten().tolist()
         if not rows:
             return 0.0, kl
-        loss = self.policy.accumulate_gradient(
-            [prompts[r] for r in rows], [samples.token_ids[r] for r in rows], coefficients[rows]
-        )
+        loss = self.accumulate_gradient([prompts[r] for r in rows], [samples.token_ids[r] for r in rows], coefficients[rows])
         return loss, kl
 
     def _reference_logprob(self, prompts: list[str], token_ids: list[list[int]]) -> torch.Tensor:
-        """log π_ref of each sample: score with the base parameters, then restore."""
+        """log π_ref of each sample: score with the base parameters, then restore.  With W
+        ranks each scores its share and all get every value."""
+        mine = distributed.shard(len(prompts))
         current = self.policy.tunable_state_dict()
         try:
             self.policy.load_tunable_state_dict(self.reference_state)
             with torch.no_grad():
-                return self.policy.logprob(prompts, token_ids).float().cpu()
+                local = self.policy.logprob(prompts[mine], token_ids[mine]).float().cpu()
         finally:
             self.policy.load_tunable_state_dict(current)
+        return torch.tensor(distributed.gather(local.tolist()))
 
     def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor | None:
         """One draw of the GRPO gradient at the current parameters (fresh groups, no

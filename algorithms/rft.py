@@ -110,7 +110,7 @@ class RejectionFineTuning(Algorithm):
             return 0.0
         prompts = self.cot_prompts([indices[samples.prompt_index[r]] for r in rows])
         completions = [samples.token_ids[r] for r in rows]
-        return self.policy.accumulate_gradient(prompts, completions, coefficients[rows])
+        return self.accumulate_gradient(prompts, completions, coefficients[rows])
 
     def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor | None:
         """One draw of the estimator at the current parameters (fresh particles, no

@@ -41,6 +41,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from trice_rl import distributed
 from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
 from trice_rl.policy import Samples
 
@@ -472,7 +473,10 @@ class Visit:
 
 
 class Trice(Algorithm):
-    """TRICE with the leave-one-out control variate (``trice``)."""
+    """TRICE with the leave-one-out control variate (``trice``).
+
+    With W ranks (docs/distributed.md) every rank holds the whole memory and sees the whole
+    batch's proposals, so K, β and the MH update are the whole batch's on every rank."""
 
     name = "trice"
     Config = TriceConfig
@@ -570,7 +574,7 @@ class Trice(Algorithm):
     def _accumulate(self, visit: Visit, generator: torch.Generator) -> tuple[int, float]:
         """Backpropagate the estimator's surrogate loss; returns (#candidates, loss)."""
         prompts, texts, coefficient = self._candidates(visit, generator)
-        return len(texts), self.policy.accumulate_gradient(prompts, texts, coefficient)
+        return len(texts), self.accumulate_gradient(prompts, texts, coefficient)
 
     def step(self) -> dict[str, float]:
         visit = self._propose(self.next_batch(), self.resample_generator)
@@ -599,6 +603,8 @@ class Trice(Algorithm):
         (a lazy first visit's initial sample is, as on a training step)."""
         policy_generator = self.policy.generator
         seed = int(torch.randint(2**31, (1,), generator=policy_generator, device=policy_generator.device))
+        # Every rank computes the whole batch's weights and must resample alike: rank 0's seed.
+        seed = distributed.agree(seed)
         generator = torch.Generator().manual_seed(seed)
         self._accumulate(self._propose(indices, generator), generator)
         return self.flat_gradient()

@@ -9,6 +9,10 @@ CSV per (algorithm, seed), ``summary.csv``, ``curves.png`` (against samples),
 the summary table, with each method's accuracy at the end of the budget and at equal
 training FLOPs (read off the curves where every sampling method has arrived).
 
+    torchrun --nproc-per-node 2 experiments/compare.py --algos trice,star
+
+shares each run between two processes (data parallel; docs/distributed.md).
+
 Every flag is checked before any work starts; a bad one is a usage error that says what is
 allowed.  ``--resume`` continues the runs in ``--out`` from their checkpoints (finished runs
 are kept as they are), and refuses where the settings that define the runs differ from the
@@ -42,7 +46,8 @@ from envs.arithmetic import ArithmeticTask
 from envs import DataError, make_task
 from trice_rl.algorithm import config_help
 from trice_rl.budget import Budget, BudgetMeter
-from trice_rl.builtin_model import FAMILIES, VARIANTS, is_builtin
+from trice_rl import distributed
+from trice_rl.builtin_model import FAMILIES, VARIANTS, is_builtin, resolve_model_path
 from trice_rl.evaluation import EvalConfig
 from trice_rl.plotting import load_runs, plot_curves, summarize
 from trice_rl.policy import TUNE_MODES, Policy
@@ -415,19 +420,36 @@ def _fits(value, kind) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the comparison; under ``torchrun`` / ``accelerate launch`` each run is shared by
+    the launched processes (docs/distributed.md), and rank 0 alone writes and prints."""
     args = parse_args(argv)
+    joined = distributed.init_from_env(args.device)
+    try:
+        return run_comparison(args)
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def run_comparison(args: argparse.Namespace) -> dict:
     transformers_logging.disable_progress_bar()  # one "Loading weights" bar per run is noise
-    out = Path(args.out)
-    if not args.resume:  # a resumed folder keeps the record of the command that started it
-        write_config(args)
+    out = Path(distributed.agree(args.out))  # a default --out names rank 0's start time
+    if distributed.is_main():
+        if not args.resume:  # a resumed folder keeps the record of the command that started it
+            write_config(args)
+        resolve_model_path(args.model)  # a missing built-in model is built once, not per rank
+    distributed.barrier()
     started = time.perf_counter()
     results = []
+    device = distributed.local_device(args.device)
     for name in args.algos:
         cls = get_algorithm(name)
         for seed in args.seeds:
-            policy = Policy.from_pretrained(args.model, tune=tune_mode(name, args.tune), seed=seed, meter=BudgetMeter(), device=args.device, dtype=args.dtype)
+            policy = Policy.from_pretrained(args.model, tune=tune_mode(name, args.tune), seed=seed, meter=BudgetMeter(), device=device, dtype=args.dtype)
             algorithm = cls(policy, args.task, args.configs[name], seed=seed)
             results.append(Runner(algorithm, args.run_config, out, progress=not args.no_progress).run(resume=args.resume))
+    if not distributed.is_main():
+        return {"summary": None, "results": results, "out": out}
     runs = load_runs([out])
     summary = summarize(runs)
     summary.to_csv(out / "summary.csv", index=False)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from envs.base import Example, Task
+from trice_rl import distributed
 from trice_rl.policy import Policy, Samples
 
 SCHEDULES = ("constant", "cosine")
@@ -124,7 +125,13 @@ class Algorithm:
     Before each step the runner sets ``sample_allowance`` to the samples the budget still
     allows (None: no samples limit); :meth:`next_batch` shrinks the minibatch to fit it, so
     that no method overshoots a samples budget.  A step that cannot fit one example is not
-    taken (:meth:`step_samples`)."""
+    taken (:meth:`step_samples`).
+
+    In a data-parallel run (:mod:`trice_rl.distributed`) every rank draws the same
+    minibatch; :meth:`sample` and :meth:`accumulate_gradient` split the work between the
+    ranks and :meth:`apply_gradient` sums the gradients, so that a method written for one
+    process computes everything else (correctness, weights, memory updates) on the whole
+    batch, identically on every rank."""
 
     name: ClassVar[str] = "algorithm"
     Config: ClassVar[type] = AlgorithmConfig
@@ -145,6 +152,18 @@ class Algorithm:
         self.schedule_step = 0  # optimizer steps taken under the current schedule
         self.schedule_horizon = self.config.schedule_steps
         self._correct_counts = [0, 0]  # since the last row: correct samples, of which steps right
+        if distributed.world_size() > 1:
+            self._join_ranks(policy, seed)
+
+    @staticmethod
+    def _join_ranks(policy: Policy, seed: int) -> None:
+        """Every rank starts from rank 0's tunable parameters (a LoRA initialisation is
+        random) and samples from a stream of its own (one stream would give every rank the
+        same samples)."""
+        state = policy.tunable_state_dict()
+        distributed.broadcast_tensors(state.values())
+        policy.load_tunable_state_dict(state)
+        policy.generator.manual_seed(distributed.rank_seed(seed))
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         return self.policy.make_optimizer(self.config.lr, weight_decay=self.config.weight_decay)
@@ -214,7 +233,24 @@ class Algorithm:
         return [self.train[i].answer for i in indices]
 
     def sample(self, prompts: Sequence[str], n: int = 1) -> Samples:
-        return self.policy.sample(prompts, n=n, max_new_tokens=self.config.max_new_tokens, stop=self.task.stop_strings)
+        """``n`` samples of each prompt; with W ranks each draws those of its share of the
+        prompts, and every rank gets them all, in prompt order."""
+        mine = list(prompts)[distributed.shard(len(prompts))]
+        local = self.policy.sample(mine, n=n, max_new_tokens=self.config.max_new_tokens, stop=self.task.stop_strings)
+        if distributed.world_size() == 1:
+            return local
+        rows = distributed.gather(zip(local.texts, local.token_ids, local.logprobs.cpu().tolist(), local.finished))
+        texts, token_ids, logprobs, finished = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
+        prompt_index = [i for i in range(len(prompts)) for _ in range(n)]
+        return Samples(texts, token_ids, torch.tensor(logprobs, dtype=local.logprobs.dtype), prompt_index, finished)
+
+    def accumulate_gradient(self, prompts: Sequence[str], completions: Sequence, coefficients: torch.Tensor) -> float:
+        """Backpropagate ``-(coefficients * log p(completions | prompts)).sum()``; with W
+        ranks each scores its share of the rows (coefficients are the whole batch's, so the
+        shares' gradients add up in :meth:`apply_gradient`).  Returns the whole loss."""
+        mine = distributed.shard(len(prompts))
+        loss = self.policy.accumulate_gradient(list(prompts)[mine], list(completions)[mine], torch.as_tensor(coefficients)[mine])
+        return distributed.sum_float(loss)
 
     def correct(self, samples: Samples, indices: Sequence[int]) -> np.ndarray:
         """Whether each sample (prompt-major, ``len(samples) / len(indices)`` per example)
@@ -261,12 +297,13 @@ class Algorithm:
             for group in self.optimizer.param_groups:
                 group["lr"] = rate
         self.schedule_step += 1
+        distributed.sum_gradients(self.policy.trainable_parameters())
         return self.policy.optimizer_step(self.optimizer, max_grad_norm=config.max_grad_norm)
 
     def supervised_step(self, prompts: Sequence[str], completions: Sequence[Sequence[int]]) -> dict[str, float]:
         """One optimizer step on the batch mean of -log p(completion | prompt)."""
         coefficients = torch.full((len(prompts),), 1.0 / len(prompts))
-        loss = self.policy.accumulate_gradient(prompts, completions, coefficients)
+        loss = self.accumulate_gradient(prompts, completions, coefficients)
         return {"loss": loss, "grad_norm": self.apply_gradient()}
 
     def train_on_targets(self, prompts: Sequence[str], targets: Sequence[str], append_eos: bool = True) -> dict[str, float]:
@@ -279,17 +316,20 @@ class Algorithm:
             token_ids = [ids + [self.policy.eos_token_ids[0]] for ids in token_ids]
         # The targets stand in for generated text: their tokens are charged as generated, so
         # a budget in generated tokens ends for these methods too (their cost in FLOPs is
-        # the training step's alone: nothing is decoded).
-        self.policy.meter.add_samples(len(targets), tokens_generated=sum(len(ids) for ids in token_ids))
+        # the training step's alone: nothing is decoded).  Each rank charges the share it
+        # trains on (accumulate_gradient's).
+        mine = token_ids[distributed.shard(len(token_ids))]
+        self.policy.meter.add_samples(len(mine), tokens_generated=sum(len(ids) for ids in mine))
         return self.supervised_step(prompts, token_ids)
 
     def flat_gradient(self) -> torch.Tensor:
-        """The accumulated gradient as one vector, then cleared (for estimate_gradient)."""
+        """The accumulated gradient (summed over ranks) as one vector, then cleared (for
+        estimate_gradient)."""
         parts = []
         for p in self.policy.trainable_parameters():
             parts.append(torch.zeros(p.numel()) if p.grad is None else p.grad.detach().flatten().cpu().clone())
             p.grad = None
-        return torch.cat(parts)
+        return distributed.sum_tensor(torch.cat(parts))
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -13,6 +13,10 @@ all of it (2·N) but computes weight gradients only for the tuned part (2·N_tun
 back-propagated token costs 4·N + 2·N_tuned: 6·N for full tuning, 4·N + 2·N_LoRA for LoRA
 (N includes the adapters' own matmuls), 4·N for a soft prompt (an embedding: no matmul).
 :class:`FlopCosts` holds the two per-token costs; the Policy computes them from its model.
+
+In a data-parallel run each rank's meter charges its own share of the work, and the runner
+adds the other ranks' shares after every step (:class:`trice_rl.distributed.MeterSync`): a
+budget counts the whole world's samples, tokens and FLOPs, identically on every rank.
 """
 
 from __future__ import annotations
