@@ -38,6 +38,7 @@ class CotSFT(Algorithm):
 
     name: ClassVar[str] = "cot-sft"
     Config: ClassVar[type] = CotSftConfig
+    config: CotSftConfig  # the typed view of Algorithm.config
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "grad_norm")
 
     def __init__(self, policy, task, config: CotSftConfig | None = None, seed: int = 0):

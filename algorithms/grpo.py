@@ -86,6 +86,7 @@ class GRPO(Algorithm):
 
     name: ClassVar[str] = "grpo"
     Config: ClassVar[type] = GrpoConfig
+    config: GrpoConfig  # the typed view of Algorithm.config
     metric_names: ClassVar[tuple[str, ...]] = ("train_proposal_acc", "zero_advantage_groups", "loss", "grad_norm", "kl")
 
     def __init__(self, policy, task, config: GrpoConfig | None = None, seed: int = 0):

@@ -40,6 +40,7 @@ class PromptTuning(Algorithm):
 
     name: ClassVar[str] = "prompt-tuning"
     Config: ClassVar[type] = PromptTuningConfig
+    config: PromptTuningConfig  # the typed view of Algorithm.config
     prompt_kind: ClassVar[str] = "direct"
     default_tune: ClassVar[str | None] = "prompt"
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "grad_norm")

@@ -70,6 +70,7 @@ class RejectionFineTuning(Algorithm):
 
     name: ClassVar[str] = "rft"
     Config: ClassVar[type] = RftConfig
+    config: RftConfig  # the typed view of Algorithm.config
     metric_names: ClassVar[tuple[str, ...]] = ("train_proposal_acc", "examples_with_correct", "loss", "grad_norm")
 
     def __init__(self, policy, task, config: RftConfig | None = None, seed: int = 0):

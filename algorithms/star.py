@@ -116,6 +116,7 @@ class Star(Algorithm):
 
     name: ClassVar[str] = "star"
     Config: ClassVar[type] = StarConfig
+    config: StarConfig  # the typed view of Algorithm.config
     metric_names: ClassVar[tuple[str, ...]] = (
         "train_proposal_acc",
         "kept_fraction",
@@ -334,3 +335,4 @@ class RestEM(Star):
 
     name: ClassVar[str] = "rest-em"
     Config: ClassVar[type] = RestEMConfig
+    config: RestEMConfig

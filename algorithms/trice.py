@@ -480,6 +480,7 @@ class Trice(Algorithm):
 
     name = "trice"
     Config = TriceConfig
+    config: TriceConfig  # the typed view of Algorithm.config
     metric_names = ("train_proposal_acc", "memory_acc", "batch_memory_acc", "accept_rate", "beta_mean", "num_candidates", "grad_norm", "loss")
 
     def __init__(self, policy, task, config: TriceConfig | None = None, seed: int = 0):
@@ -667,6 +668,7 @@ class TriceK(Trice):
 
     name = "trice-k"
     Config = TriceKConfig
+    config: TriceKConfig
 
     @property
     def num_proposals(self) -> int:

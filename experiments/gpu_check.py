@@ -156,13 +156,13 @@ def run(shape: str, tune: str, algo: str, args, tokenizer, task) -> dict:
     algorithm = cls(policy, task, config, seed=0)
     clock = Clock(policy)
     algorithm.setup()
-    algorithm.step()
+    algorithm.take_step()
     clock.reset()
     samples_before = policy.meter.samples
     synchronize(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        algorithm.step()
+        algorithm.take_step()
     synchronize(device)
     row = {
         "model": shape,

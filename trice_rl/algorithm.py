@@ -208,7 +208,15 @@ class Algorithm:
         return {}
 
     def step(self) -> dict[str, float]:
+        """One step of the algorithm's loop (its metrics); :meth:`take_step` counts it."""
         raise NotImplementedError
+
+    def take_step(self) -> dict[str, float]:
+        """:meth:`step`, counted in ``steps_done`` (the one count of loop steps: the runner's
+        rows, checkpoints and probes read it)."""
+        metrics = self.step()
+        self.steps_done += 1
+        return metrics
 
     def estimate_gradient(self, indices: Sequence[int]) -> torch.Tensor | None:
         """One draw of the algorithm's gradient estimator on ``indices`` at the current
@@ -314,12 +322,8 @@ class Algorithm:
         token_ids = self.policy.encode_completions(targets)
         if append_eos and self.policy.eos_token_ids:  # learn to stop, as sampled rationales do
             token_ids = [ids + [self.policy.eos_token_ids[0]] for ids in token_ids]
-        # The targets stand in for generated text: their tokens are charged as generated, so
-        # a budget in generated tokens ends for these methods too (their cost in FLOPs is
-        # the training step's alone: nothing is decoded).  Each rank charges the share it
-        # trains on (accumulate_gradient's).
-        mine = token_ids[distributed.shard(len(token_ids))]
-        self.policy.meter.add_samples(len(mine), tokens_generated=sum(len(ids) for ids in mine))
+        # Each rank charges the share it trains on (accumulate_gradient's).
+        self.policy.charge_targets(token_ids[distributed.shard(len(token_ids))])
         return self.supervised_step(prompts, token_ids)
 
     def flat_gradient(self) -> torch.Tensor:

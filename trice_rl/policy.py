@@ -7,7 +7,9 @@ and their log-probabilities, a lean forward for Llama models).  The soft prompt 
 and masks; peft still owns the tunable parameters (initialisation, ``save_pretrained``
 format).
 
-Every call is charged to a :class:`~trice_rl.budget.BudgetMeter`.
+Every call is charged to a :class:`~trice_rl.budget.BudgetMeter` (sampling, scoring, optimizer
+steps, and teacher-forced targets through :meth:`Policy.charge_targets`): the algorithms never
+charge the meter themselves.
 
 Options for a model that fills a GPU (``docs/gpu.md``): ``gradient_checkpointing``,
 ``max_tokens_per_batch`` (micro-batches of scoring and training), ``master_weights`` (fp32
@@ -186,6 +188,13 @@ class Policy:
         skip = {id(p) for module in embeddings if module is not None for p in module.parameters()}
         counted = [p for p in self.model.parameters() if id(p) not in skip]
         return FlopCosts.from_counts(sum(p.numel() for p in counted), sum(p.numel() for p in counted if p.requires_grad))
+
+    def charge_targets(self, token_ids: Sequence[Sequence[int]]) -> None:
+        """Charge teacher-forced targets (gold rationales, direct answers) that stand in for
+        samples: one sample each, their tokens as generated, so that budgets in samples or
+        generated tokens end for the methods that train on them; their FLOPs are the
+        training step's alone, since nothing is decoded."""
+        self.meter.add_samples(len(token_ids), tokens_generated=sum(len(ids) for ids in token_ids))
 
     def charge_flops(self, sequences: int, positions: int, backprop: bool) -> None:
         """Charge the model FLOPs of ``positions`` tokens in ``sequences`` rows (each row also

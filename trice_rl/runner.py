@@ -208,9 +208,8 @@ class Runner:
         algorithm, meter, budget = self.algorithm, self.algorithm.policy.meter, self.config.budget
         bar.update(int(1000 * min(meter.fraction_used(budget), 1.0)))
         while not self._should_stop():
-            metrics = algorithm.step()
+            metrics = algorithm.take_step()
             self.sync_meter()
-            algorithm.steps_done += 1
             row = dict(metrics) | self._tracked_solved() | algorithm.pop_rationale_stats()
             if self.config.variance_every and algorithm.steps_done % self.config.variance_every == 0:
                 row |= self._variance_probe()
