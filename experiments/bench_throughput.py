@@ -1,7 +1,8 @@
 """Throughput of the shared Policy and of our training steps, against Hugging Face / TRL.
 
-    python experiments/bench_throughput.py            # full sizes (about 8 minutes on 2 cores)
-    python experiments/bench_throughput.py --quick    # small sizes, about a minute
+    python experiments/bench_throughput.py            # full sizes (many minutes on 2 cores)
+    python experiments/bench_throughput.py --quick    # small sizes, a few minutes
+    python experiments/bench_throughput.py --smoke    # tiny sizes, seconds: checks that it runs
 
 For two models, (a) the built-in model and (b) a randomly initialised Llama of about 85M
 parameters over the built-in character vocabulary (``--quick``: about 11M), it measures
@@ -18,21 +19,27 @@ parameters over the built-in character vocabulary (``--quick``: about 11M), it m
   issue's target (``TARGETS``);
 * training: one ``trice`` step and one ``grpo`` step of our algorithms through the Policy,
   against one TRL ``GRPOTrainer`` step with the same prompts per step (M), generations per
-  prompt (G) and completion length (forced to T on every side, as above); fp32, no gradient
-  checkpointing, beta = 0 (TRL's default: no reference model), one update per batch.
+  prompt (G) and completion length (forced to T on every side, as above), configured by
+  ``trice_rl.trl_adapter.matching_grpo_config`` to make the update our ``grpo`` makes (fp32,
+  no gradient checkpointing, beta = 0: no reference model, one update per batch).
   Rewards are synthetic: every other sample of a group counts as correct, so every group
   has a non-zero advantage and both GRPO implementations back-propagate all M·G samples
   (with a random model all rewards would be 0 and our GRPO would skip the backward pass).
   Ratios are our time / TRL's time per step and per drawn sample (< 1: ours is faster);
-* achieved FLOP/s: model FLOPs counted by a hook on the decoder for every forward call
-  (non-padding tokens only; the Policy's Llama decode path, which has its own forward, by
-  the tokens it feeds): 2·N per token without gradient (sampling, scoring), 6·N per
-  token with gradient (forward + backward), N = non-embedding parameters (attention score
-  FLOPs and the LM head are not counted), divided by the step's wall time; and the fraction
-  of the machine's float32 matmul FLOP/s measured in the same run (a square torch.matmul
-  with the same thread count).
+* achieved FLOP/s: the FLOPs of every matrix product of one call (linear layers, LM head,
+  attention; forward and backward; padding included), counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` on a warm-up call that is not timed, divided
+  by the call's median time; and the fraction of the machine's float32 matmul FLOP/s
+  measured in the same run (a square torch.matmul with the same thread count).  For a
+  forward that is about 2·N per token (N = non-embedding parameters) plus the LM head and
+  attention (``tests/test_bench_throughput.py`` checks it).
 
-Every measurement is warmed up once and repeated (``--repeats``); the table shows medians.
+Timing is ``torch.utils.benchmark.Timer`` with the script's thread count: ``--repeats``
+rounds, in which each side of a comparison (ours, ``generate``) is warmed up and timed once
+in turn, so that drifting load hits both alike; the table shows medians.  TRL's step runs
+inside ``Trainer.train``, which cannot be called one step at a time: a ``TrainerCallback``
+takes the time between the ends of consecutive optimizer steps (the first, counted for its
+FLOPs, is the warm-up).
 Results go to a CSV (``--out``, default ``runs/throughput/throughput.csv``) together with
 the machine (CPU model, cores, threads, load average).  ``--profile`` adds cProfile
 summaries of one call of each decoding measurement and one ``grpo`` step, and a torch
@@ -60,6 +67,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.benchmark import Measurement, Timer
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
 
 import envs  # noqa: F401  (registers the environments)
 from algorithms import get_algorithm
@@ -89,6 +98,7 @@ class Sizes:
 # times TRL's on one machine (its steps take half a second; other load moves the median).
 FULL = Sizes(8, 4, 64, 4, 4, 48, 5, dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048), (128, 1, 160))
 QUICK = Sizes(4, 2, 16, 2, 2, 16, 2, dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1024))
+SMOKE = Sizes(2, 2, 4, 2, 2, 4, 1, dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
 
 
 # The decoding issue's targets, our tokens/s over generate's: (training shape, evaluation shape).
@@ -96,16 +106,12 @@ TARGETS = {"builtin": (2.0, 3.0), "random": (1.5, None)}
 
 
 # ------------------------------------------------------------------ machine
-def matmul_flops(size: int, repeats: int) -> float:
-    """float32 FLOP/s of a square ``size`` x ``size`` torch.matmul (2·size³ FLOPs), median."""
+def matmul_flops(size: int, min_run_time: float) -> float:
+    """float32 FLOP/s of a square ``size`` x ``size`` torch.matmul (2·size³ FLOPs), the median
+    of as many calls as ``min_run_time`` seconds hold."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.matmul(a, b)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
+    timer = Timer("torch.matmul(a, b)", globals=dict(torch=torch, a=a, b=b), num_threads=torch.get_num_threads())
+    return 2 * size**3 / timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 # ------------------------------------------------------------------ models
@@ -155,64 +161,58 @@ def non_embedding_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-class FlopCounter:
-    """Counts model FLOPs of every forward of a decoder: 2·N per non-padding input token
-    without gradient, 6·N with gradient (forward + backward)."""
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
-    def __init__(self, model, n_params: int):
-        self.n = n_params
-        self.flops = 0.0
-        self.tokens_no_grad = 0
-        self.tokens_grad = 0
-        self.decoding = False
-        self.handle = model.get_decoder().register_forward_pre_hook(self._hook, with_kwargs=True)
 
-    def count_decoding(self, policy: Policy) -> None:
-        """Count ``policy.sample`` / ``policy.greedy`` by their tokens: the Llama decode path
-        runs its own forward, which the hook never sees.  A decode feeds each prompt once
-        (non-padding tokens) and then every drawn token but a row's last."""
-        for name in ("sample", "greedy"):
-            method = getattr(policy, name)
+def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
-            def counted(prompts, *args, _method=method, **kwargs):
-                self.decoding = True
-                try:
-                    samples = _method(prompts, *args, **kwargs)
-                finally:
-                    self.decoding = False
-                fed = sum(len(ids) for ids in policy.encode_prompts(prompts)) + sum(max(len(ids) - 1, 0) for ids in samples.token_ids)
-                self.tokens_no_grad += fed
-                self.flops += 2 * self.n * fed
-                return samples
 
-            setattr(policy, name, counted)
+# FlopCounterMode knows the GPU kernels of scaled_dot_product_attention but not the CPU one
+# (the random Llama's attention), whose FLOPs it would count as 0: the same formulas fit.
+if torch.ops.aten._scaled_dot_product_flash_attention_for_cpu not in flop_registry:
+    register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)(_cpu_sdpa_flop)
+    register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)(_cpu_sdpa_backward_flop)
 
-    def _hook(self, module, args, kwargs):
-        if self.decoding:
-            return
-        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-        if ids is None and args:
-            ids = args[0]
-        if ids is None:
-            return
-        rows, length = ids.shape[0], ids.shape[1]
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[0] == rows:
-            tokens = int(mask[:, -length:].sum())
-        else:
-            tokens = rows * length
-        if torch.is_grad_enabled():
-            self.tokens_grad += tokens
-            self.flops += 6 * self.n * tokens
-        else:
-            self.tokens_no_grad += tokens
-            self.flops += 2 * self.n * tokens
 
-    def reset(self) -> None:
-        self.flops, self.tokens_no_grad, self.tokens_grad = 0.0, 0, 0
+class _GlobalOnly(contextlib.AbstractContextManager):
+    """Stands in for FlopCounterMode's module tracker: every FLOP goes to the total."""
 
-    def remove(self) -> None:
-        self.handle.remove()
+    parents = frozenset({"Global"})
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+
+class TotalFlopCounter(FlopCounterMode):
+    """``FlopCounterMode`` that counts the total only.  Its per-module tracker hooks the
+    gradients of module inputs, which fails ("Expected gradient function to be set") on a
+    view taken without gradient of a parameter that needs one, as the Policy's decoder
+    does with the embedding; a relative: pytorch/pytorch#131753."""
+
+    def __init__(self) -> None:
+        super().__init__(display=False)
+        self.mod_tracker = _GlobalOnly()
+
+
+def counted_flops(fn):
+    """``fn()``'s result and the FLOPs of the matrix products it ran, forward and backward."""
+    with TotalFlopCounter() as counter:
+        result = fn()
+    return result, counter.get_total_flops()
+
+
+def time_interleaved(runs: dict, repeats: int) -> dict[str, Measurement]:
+    """Each run's times over ``repeats`` rounds that time every run once in turn, so that
+    drifting load hits all alike.  ``blocked_autorange(min_run_time=0)`` warms a run up with
+    one call and then times exactly one call."""
+    timers = {name: Timer("fn()", globals={"fn": fn}, label=name, num_threads=torch.get_num_threads()) for name, fn in runs.items()}
+    rounds: dict[str, list[Measurement]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            rounds[name].append(timer.blocked_autorange(min_run_time=0))
+    return {name: Measurement.merge(measurements)[0] for name, measurements in rounds.items()}
 
 
 # ------------------------------------------------------------------ the task
@@ -234,7 +234,7 @@ def no_eos_policy(model, tokenizer, seed: int = 0) -> Policy:
 
 
 # ------------------------------------------------------------------ sampling
-def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, n_params: int, peak: float, profile: bool, target: float, greedy: bool = False) -> list[dict]:
+def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, peak: float, profile: bool, target: float, greedy: bool = False) -> list[dict]:
     """``shape``: prompts, samples per prompt, new tokens per sample; ``greedy``: time
     ``Policy.greedy`` against ``generate(do_sample=False)`` instead (n must be 1);
     ``target``: the least ratio the decoding issue asks for."""
@@ -245,8 +245,6 @@ def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, 
     eos = sorted({tokenizer.eos_token_id, *(v for v in [model.generation_config.eos_token_id] if isinstance(v, int))})
     tokenizer.padding_side = "left"
     encoded = tokenizer(prompts, return_tensors="pt", padding=True)
-    counter = FlopCounter(model, n_params)
-    counter.count_decoding(policy)
     ours_name = "policy.greedy" if greedy else "policy.sample"
     drawing = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
 
@@ -267,19 +265,20 @@ def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, 
 
     results = {}
     runs = {ours_name: ours, "model.generate": generate}
-    times, flops, tokens = time_interleaved(runs, repeats, counter)
-    counter.remove()
+    counted = {name: counted_flops(fn) for name, fn in runs.items()}  # (tokens, FLOPs) of one call each
+    measured = time_interleaved(runs, repeats)
     for name in runs:
-        seconds = statistics.median(times[name])
+        tokens, flops = counted[name]
+        seconds = measured[name].median
         results[name] = dict(
             benchmark="greedy" if greedy else "sample",
             implementation=name,
             setting=f"{len(prompts)} prompts x n={n}, {new_tokens} new tokens",
             seconds=seconds,
             samples=len(prompts) * n,
-            tokens=tokens[name],
-            tokens_per_s=tokens[name] / seconds,
-            model_flops=statistics.median(flops[name]),
+            tokens=tokens,
+            tokens_per_s=tokens / seconds,
+            model_flops=flops,
         )
     results[ours_name].update(
         ratio=results[ours_name]["tokens_per_s"] / results["model.generate"]["tokens_per_s"], ratio_meaning="tokens/s ours / generate", target=target
@@ -291,32 +290,14 @@ def bench_sampling(model, tokenizer, shape: tuple[int, int, int], repeats: int, 
     return finish(list(results.values()), peak)
 
 
-def time_interleaved(runs: dict, repeats: int, counter: FlopCounter) -> tuple[dict, dict, dict]:
-    """Seconds and model FLOPs of every repeat of each run (after one warm-up), and the
-    tokens each returned; runs alternate, so that drifting load hits all alike."""
-    for fn in runs.values():
-        fn()
-    times = {name: [] for name in runs}
-    flops = {name: [] for name in runs}
-    tokens = {}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            counter.reset()
-            start = time.perf_counter()
-            tokens[name] = fn()
-            times[name].append(time.perf_counter() - start)
-            flops[name].append(counter.flops)
-    return times, flops, tokens
-
-
 # ------------------------------------------------------------------ training steps
-def bench_steps(model, tokenizer, sizes: Sizes, n_params: int, peak: float, profile: bool) -> list[dict]:
+def bench_steps(model, tokenizer, sizes: Sizes, peak: float, profile: bool) -> list[dict]:
     m, g, t, repeats = sizes.step_prompts, sizes.step_group, sizes.step_tokens, sizes.repeats
-    num_train = m * (repeats + 2)
+    num_train = m * (2 * repeats + 2)  # fresh examples for every step: one counted, two a round
     rows = [
-        run_our_step("trice", model, tokenizer, make_task(num_train), dict(batch_size=m, max_new_tokens=t, init_batch_size=num_train), m, n_params, repeats, profile),
-        run_our_step("grpo", model, tokenizer, make_task(num_train), dict(batch_size=m, group_size=g, max_new_tokens=t), m * g, n_params, repeats, profile),
-        run_trl_step(model, tokenizer, make_task(num_train), m, g, t, n_params, repeats),
+        run_our_step("trice", model, tokenizer, make_task(num_train), dict(batch_size=m, max_new_tokens=t, init_batch_size=num_train), m, repeats, profile),
+        run_our_step("grpo", model, tokenizer, make_task(num_train), dict(batch_size=m, group_size=g, max_new_tokens=t), m * g, repeats, profile),
+        run_trl_step(model, tokenizer, make_task(num_train), m, g, t, repeats),
     ]
     trl = rows[-1]
     for row in rows[:2]:
@@ -326,7 +307,7 @@ def bench_steps(model, tokenizer, sizes: Sizes, n_params: int, peak: float, prof
     return finish(rows, peak)
 
 
-def run_our_step(name, base_model, tokenizer, task, config_kwargs, samples_per_step, n_params, repeats, profile) -> dict:
+def run_our_step(name, base_model, tokenizer, task, config_kwargs, samples_per_step, repeats, profile) -> dict:
     cls = get_algorithm(name)
 
     class Synthetic(cls):
@@ -339,20 +320,10 @@ def run_our_step(name, base_model, tokenizer, task, config_kwargs, samples_per_s
     policy = no_eos_policy(model, tokenizer)
     algorithm = Synthetic(policy, task, cls.Config(lr=1e-5, **config_kwargs), seed=0)
     algorithm.setup()
-    counter = FlopCounter(model, n_params)
-    counter.count_decoding(policy)
-    algorithm.step()  # warm-up
-    times, flops = [], []
-    for _ in range(repeats):
-        counter.reset()
-        start = time.perf_counter()
-        algorithm.step()
-        times.append(time.perf_counter() - start)
-        flops.append(counter.flops)
-    counter.remove()
+    _, flops = counted_flops(algorithm.step)
+    seconds = time_interleaved({name: algorithm.step}, repeats)[name].median
     if profile and name == "grpo":
         print_profile(f"{name} step", algorithm.step)
-    seconds = statistics.median(times)
     return dict(
         benchmark="train_step",
         implementation=f"ours:{name}",
@@ -360,57 +331,45 @@ def run_our_step(name, base_model, tokenizer, task, config_kwargs, samples_per_s
         seconds=seconds,
         samples=samples_per_step,
         s_per_sample=seconds / samples_per_step,
-        model_flops=statistics.median(flops),
+        model_flops=flops,
     )
 
 
-def run_trl_step(base_model, tokenizer, task, m, g, t, n_params, repeats) -> dict:
+def run_trl_step(base_model, tokenizer, task, m, g, t, repeats) -> dict:
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    from trice_rl.trl_adapter import task_dataset
+    from trice_rl.trl_adapter import matching_grpo_config, task_dataset
 
     model = copy.deepcopy(base_model)
-    counter = FlopCounter(model, n_params)
-    marks: list[tuple[float, float]] = []
+    counter = TotalFlopCounter()
+    counting = contextlib.ExitStack()
+    marks: list[float] = []
 
     class Clock(TrainerCallback):
+        """Counts the FLOPs of the first (warm-up) step, then marks the end of every step."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 0:
+                counting.enter_context(counter)
+
         def on_step_end(self, args, state, control, **kwargs):
-            marks.append((time.perf_counter(), counter.flops))
+            counting.close()
+            marks.append(time.perf_counter())
 
     def synthetic_reward(prompts, completions, **kwargs):
         return [float(c) for c in synthetic_correct(len(completions))]
 
     with tempfile.TemporaryDirectory() as out:
-        args = GRPOConfig(
-            output_dir=out,
-            per_device_train_batch_size=m * g,  # completions per step
-            num_generations=g,
-            max_completion_length=t,
-            generation_kwargs={"min_new_tokens": t},  # forced lengths, as for ours
-            max_steps=repeats + 1,
-            learning_rate=1e-5,
-            beta=0.0,
-            gradient_checkpointing=False,
-            bf16=False,
-            use_cpu=True,
-            report_to="none",
-            logging_strategy="no",
-            save_strategy="no",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            seed=0,
-        )
+        # forced lengths, as for ours
+        args = matching_grpo_config(out, m, g, t, max_steps=repeats + 1, learning_rate=1e-5, seed=0, generation_kwargs={"min_new_tokens": t})
         trainer = GRPOTrainer(
             model=model, reward_funcs=synthetic_reward, args=args, train_dataset=task_dataset(task), processing_class=tokenizer, callbacks=[Clock()]
         )
         with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints its final metrics
             trainer.train()
-    counter.remove()
-    # Step k's time and FLOPs: between the ends of steps k-1 and k; the first step is the warm-up.
-    times = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
-    flops = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
-    seconds = statistics.median(times)
+    # Step k's time: between the ends of steps k-1 and k; the first step is the warm-up.
+    seconds = statistics.median([b - a for a, b in zip(marks, marks[1:])])
     return dict(
         benchmark="train_step",
         implementation="trl:GRPOTrainer",
@@ -418,7 +377,7 @@ def run_trl_step(base_model, tokenizer, task, m, g, t, n_params, repeats) -> dic
         seconds=seconds,
         samples=m * g,
         s_per_sample=seconds / (m * g),
-        model_flops=statistics.median(flops),
+        model_flops=counter.get_total_flops(),
     )
 
 
@@ -522,21 +481,76 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat (seconds): checks that the script runs, measures nothing useful")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", default="runs/throughput/throughput.csv", help="CSV to write")
     parser.add_argument("--builtin-size", choices=("auto", "default", "tiny", "random"), default="auto",
-                        help="built-in model size; auto: default, or tiny with --quick when default is not built yet; "
+                        help="built-in model size; auto: default, or tiny with --quick when default is not built yet, random with --smoke; "
                         "random: the default's shape with random weights (every sample has a forced length, so the same speed, without the build)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (each timed call after its own warm-up call)")
     parser.add_argument("--models", default="builtin,random", help="comma list of builtin, random")
     parser.add_argument("--profile", action="store_true", help="print cProfile summaries of sampling and a grpo step")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def resolve_builtin_size(args: argparse.Namespace) -> str:
+    if args.builtin_size != "auto":
+        return args.builtin_size
+    if args.smoke:
+        return "random"
+    if args.quick:
+        from trice_rl.builtin_model import BuiltinConfig, cache_root
+
+        built = (cache_root() / "builtin" / BuiltinConfig.preset("arithmetic", "default").folder_name()).is_dir()
+        return "default" if built else "tiny"
+    return "default"
+
+
+def bench_model(which: str, builtin_size: str, sizes: Sizes, peak: float, profile: bool) -> list[dict]:
+    """Every measurement of one model (``builtin`` or ``random``), its table printed."""
+    started = time.perf_counter()
+    if which == "builtin":
+        model, tokenizer = builtin_model(builtin_size)
+        label = f"builtin:arithmetic:{builtin_size}"
+    elif which == "random":
+        model, tokenizer = random_llama(sizes.big_model)
+        label = "random-llama"
+    else:
+        raise SystemExit(f"unknown model {which!r}; valid: builtin, random")
+    n_params = non_embedding_parameters(model)
+    label = f"{label} ({_human(n_params)})"
+    print(f"\n== {label}: {n_params:,} non-embedding parameters", flush=True)
+    train_target, eval_target = TARGETS[which]
+    rows = bench_sampling(model, tokenizer, (sizes.sample_prompts, sizes.sample_n, sizes.sample_tokens), sizes.repeats, peak, profile, train_target)
+    if which == "builtin" and sizes.eval_sample:
+        for greedy in (False, True):
+            rows += bench_sampling(model, tokenizer, sizes.eval_sample, sizes.repeats, peak, profile, eval_target, greedy=greedy)
+    rows += bench_steps(model, tokenizer, sizes, peak, profile)
+    for row in rows:
+        row.update(model=label, non_embedding_params=n_params)
+    print_table(rows)
+    print(verdict(rows))
+    print(f"({time.perf_counter() - started:.0f} s)", flush=True)
+    return rows
+
+
+def write_csv(rows: list[dict], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    print(f"wrote {out}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    sizes = copy.copy(QUICK if args.quick else FULL)
+    sizes = copy.copy(SMOKE if args.smoke else QUICK if args.quick else FULL)
     if args.repeats:
         sizes.repeats = args.repeats
     machine = machine_info(args.threads)
@@ -545,61 +559,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if load_start > 0.5 * (machine["cores"] or 1):
         print(f"WARNING: load average {load_start:.2f} on {machine['cores']} cores: other processes compete for the CPU, so "
               "timings are unreliable (with several torch threads each parallel op waits for descheduled peers)")
-    peak = matmul_flops(1024 if args.quick else 2048, 5)
-    print(f"float32 matmul ({1024 if args.quick else 2048}^2, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s")
-    print("model FLOPs = 2*N per token without grad + 6*N per token with grad (forward+backward); "
-          "N = non-embedding parameters; non-padding tokens, counted at the decoder; attention scores not counted")
+    matmul_size = 256 if args.smoke else 1024 if args.quick else 2048
+    peak = matmul_flops(matmul_size, min_run_time=0.1 if args.smoke else 1.0)
+    print(f"float32 matmul ({matmul_size}^2, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s")
+    print("model FLOPs: every matrix product of one call (linear layers, LM head, attention; forward and backward; "
+          "padding included), counted by torch.utils.flop_counter.FlopCounterMode; times: medians by torch.utils.benchmark")
 
-    builtin_size = args.builtin_size
-    if builtin_size == "auto":
-        builtin_size = "default"
-        if args.quick:
-            from trice_rl.builtin_model import BuiltinConfig, cache_root
-
-            built = (cache_root() / "builtin" / BuiltinConfig.preset("arithmetic", "default").folder_name()).is_dir()
-            builtin_size = "default" if built else "tiny"
-
+    builtin_size = resolve_builtin_size(args)
     rows: list[dict] = []
     for which in [w.strip() for w in args.models.split(",") if w.strip()]:
-        started = time.perf_counter()
-        if which == "builtin":
-            model, tokenizer = builtin_model(builtin_size)
-            label = f"builtin:arithmetic:{builtin_size}"
-        elif which == "random":
-            model, tokenizer = random_llama(sizes.big_model)
-            label = "random-llama"
-        else:
-            raise SystemExit(f"unknown model {which!r}; valid: builtin, random")
-        n_params = non_embedding_parameters(model)
-        label = f"{label} ({_human(n_params)})"
-        print(f"\n== {label}: {n_params:,} non-embedding parameters", flush=True)
-        train_target, eval_target = TARGETS[which]
-        model_rows = bench_sampling(model, tokenizer, (sizes.sample_prompts, sizes.sample_n, sizes.sample_tokens), sizes.repeats, n_params, peak, args.profile, train_target)
-        if which == "builtin" and sizes.eval_sample:
-            for greedy in (False, True):
-                model_rows += bench_sampling(model, tokenizer, sizes.eval_sample, sizes.repeats, n_params, peak, args.profile, eval_target, greedy=greedy)
-        model_rows += bench_steps(model, tokenizer, sizes, n_params, peak, args.profile)
-        for row in model_rows:
-            row.update(model=label, non_embedding_params=n_params)
-        print_table(model_rows)
-        print(verdict(model_rows))
-        print(f"({time.perf_counter() - started:.0f} s)", flush=True)
-        rows += model_rows
-
+        rows += bench_model(which, builtin_size, sizes, peak, args.profile)
     load_end = load_average()
     for row in rows:
         row.update(machine, matmul_flops_per_s=peak, load1_start=load_start, load1_end=load_end)
     print()
     print_table(rows)
     print(f"\nratio: sample = our tokens/s / generate's (>1: ours faster); train_step = our time / TRL's (<1: ours faster). load1 {load_start:.2f} -> {load_end:.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    print(f"wrote {out}")
+    write_csv(rows, Path(args.out))
     return rows
 
 

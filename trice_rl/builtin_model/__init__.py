@@ -27,6 +27,7 @@ and rebuilt (printing its accuracies) by::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -108,8 +109,8 @@ class BuiltinConfig:
     # "bf16" (autocast; twice as fast where the CPU has native bf16) or "fp32"; the preset
     # picks what this machine supports, and the choice is part of the cache key.
     precision: str = "fp32"
-    # torch threads: more than the free cores makes CPU training many times slower.  How to
-    # run, not what to build: not part of the cache key (--threads overrides it).
+    # torch threads (at most the free cores: CPU training slows down many times beyond
+    # them).  How to run, not what to build: not part of the cache key (--threads).
     threads: int = 2
     # corpus
     cot_mistake_rate: float = 0.6
@@ -147,10 +148,9 @@ class BuiltinConfig:
 
 # BBH texts are half as long again as arithmetic ones: fewer (quadratic-cost) few-shot rows
 # keep their builds shorter.  multistep_arithmetic_two needs signed two- and three-digit
-# arithmetic, which the default shape does not learn: depth and steps do.  Greedy accuracy on
-# the 250 real items, trained on a GPU: 3 layers x 1400 steps 0.008, 6 x 1400 0.02, 6 x 2000
-# 0.10-0.12; a narrower MLP (256) keeps 6 layers as cheap per token as 4, at no measured
-# loss (0.104).  This preset, built on a CPU: 0.112 greedy, 0.092 sampled, 0.149 hinted.
+# arithmetic, which the default shape does not learn: it gets 6 layers (with a narrower MLP,
+# as cheap per token as 4) and more steps.  The measurements behind these choices:
+# docs/builtin_models.md.
 _FAMILY_PRESETS: dict[str, dict] = {
     "boolean_expressions": dict(few_shot_fraction=0.02),
     "multistep_arithmetic_two": dict(few_shot_fraction=0.02, num_layers=6, intermediate_size=256, train_steps=2000),
@@ -440,37 +440,49 @@ def corpus_documents(config: BuiltinConfig, num_documents: int) -> Iterator[list
 
 
 def _encode(segments: list[tuple[str, bool]], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (BOS + characters + EOS) and which of them are prediction targets."""
+    """Token ids (BOS + characters + EOS) and which of them are prediction targets.  One
+    byte per id (the character vocabulary has 101 tokens; a larger id raises): a build holds
+    its whole encoded corpus until the last batch."""
     ids, targets = [vocab[BOS]], [False]
     for text, trained in segments:
         ids += [vocab.get(c, vocab[UNK]) for c in text]
         targets += [trained] * len(text)
-    return np.array(ids + [vocab[EOS]], dtype=np.int64), np.array(targets + [True])
+    return np.array(ids + [vocab[EOS]], dtype=np.uint8), np.array(targets + [True])
 
 
-def _batches(config: BuiltinConfig, vocab: dict[str, int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Padded (input_ids, attention_mask, labels) batches, each of similar lengths (little
-    padding), in a seeded random order."""
+def _length_sorted_groups(config: BuiltinConfig, vocab: dict[str, int]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """The encoded corpus cut into batch-sized groups of similar lengths (little padding):
+    documents sorted by length within blocks of ``length_sort_batches`` batches."""
     documents = [_encode(d, vocab) for d in corpus_documents(config, config.train_steps * config.batch_size)]
-    rng = np.random.default_rng([config.seed, len(FAMILIES)])
     chunk = config.length_sort_batches * config.batch_size
     groups = []
     for start in range(0, len(documents), chunk):
         block = sorted(documents[start : start + chunk], key=lambda d: len(d[0]))
         groups += [block[i : i + config.batch_size] for i in range(0, len(block), config.batch_size)]
-    batches = []
-    for i in rng.permutation(len(groups)):
-        group = groups[i]
-        width = max(len(ids) for ids, _ in group)
-        input_ids = torch.full((len(group), width), vocab[PAD], dtype=torch.long)
-        labels = torch.full((len(group), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, (ids, targets) in enumerate(group):
-            input_ids[row, : len(ids)] = torch.from_numpy(ids)
-            labels[row, : len(ids)] = torch.from_numpy(np.where(targets, ids, -100))
-            mask[row, : len(ids)] = 1
-        batches.append((input_ids, mask, labels))
-    return batches
+    return groups
+
+
+def _padded(group: list[tuple[np.ndarray, np.ndarray]], vocab: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One (input_ids, attention_mask, labels) batch, right-padded to its longest document."""
+    width = max(len(ids) for ids, _ in group)
+    input_ids = torch.full((len(group), width), vocab[PAD], dtype=torch.long)
+    labels = torch.full((len(group), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(group), width), dtype=torch.long)
+    for row, (ids, targets) in enumerate(group):
+        row_ids = torch.from_numpy(ids).long()
+        input_ids[row, : len(ids)] = row_ids
+        labels[row, : len(ids)] = torch.where(torch.from_numpy(targets), row_ids, -100)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask, labels
+
+
+def _batches(config: BuiltinConfig, vocab: dict[str, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The ``train_steps`` training batches in a seeded random order, each padded only when
+    the training loop takes it: all of the default build's padded batches at once held
+    about 280 MB, its encoded corpus holds about 35 MB."""
+    groups = _length_sorted_groups(config, vocab)
+    order = np.random.default_rng([config.seed, len(FAMILIES)]).permutation(len(groups))
+    return (_padded(groups[i], vocab) for i in order)
 
 
 # -------------------------------------------------------------------------- build
@@ -482,6 +494,27 @@ def _torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+# Batches of ever-changing shapes leave glibc's allocator holding the memory they freed:
+# without handing it back, a default build's resident memory grew step after step to 5.6 GB
+# (docs/builtin_models.md).
+RELEASE_MEMORY_EVERY = 5  # optimizer steps
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to release
+        return None
+
+
+def release_freed_memory() -> None:
+    """Return the memory the C allocator keeps after frees to the system (glibc only)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def build(config: BuiltinConfig, folder: Path) -> None:
@@ -515,7 +548,7 @@ def build(config: BuiltinConfig, folder: Path) -> None:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=config.adam_betas)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _learning_rate_factor(step, config))
         model.train()
-        progress = tqdm(batches, desc=f"building builtin model {config.folder_name()}", unit="step", mininterval=2)
+        progress = tqdm(batches, total=config.train_steps, desc=f"building builtin model {config.folder_name()}", unit="step", mininterval=2)
         for input_ids, mask, labels in progress:
             # Eager attention is faster on CPU for short rows, sdpa for the long few-shot ones.
             attention = "sdpa" if input_ids.shape[1] > _EAGER_ATTENTION_MAX_WIDTH else "eager"
@@ -530,6 +563,8 @@ def build(config: BuiltinConfig, folder: Path) -> None:
             optimizer.zero_grad(set_to_none=True)
             final_loss = loss.item()
             progress.set_postfix(loss=f"{final_loss:.3f}", refresh=False)
+            if progress.n % RELEASE_MEMORY_EVERY == 0:
+                release_freed_memory()
         model.eval()
     model.generation_config = GenerationConfig(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[PAD])
     model.save_pretrained(folder)
@@ -553,11 +588,9 @@ def _learning_rate_factor(step: int, config: BuiltinConfig) -> float:
 
 
 # The attention implementation a built-in model is loaded with on a CPU (by the Policy, and
-# by the benchmarks for TRL and ``model.generate``, so that every side runs the same model).
-# Decoding attends one query to a long character-level cache, where matmul-softmax-matmul
-# ("eager") was 15% faster than PyTorch's fused SDPA kernel (the multistep test split's
-# greedy pass plus 64 samples, one thread: 20.7 s against 24.3 s); training steps took the
-# same time with either.
+# by the benchmarks for TRL and ``model.generate``, so that every side runs the same model):
+# decoding attends one query to a long character-level cache, where matmul-softmax-matmul
+# beats the fused SDPA kernel (docs/builtin_models.md).
 CPU_ATTENTION = "eager"
 
 
