@@ -112,6 +112,31 @@ def trl_table(trl: pd.DataFrame, results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def steps_right_table(results: pd.DataFrame, folder: Path) -> str | None:
+    """Per setting and method (chosen runs, mean over seeds), of what is right by its answer,
+    the share with every step right: the greedy test outputs at the end (a share of all
+    items), the correct samples over the run, and the rationales the method holds at the
+    end (TRICE's memory, STaR's kept set).  ``None`` where the runs logged none."""
+    rows = []
+    for row in results.itertuples():
+        path = folder / row.setting / f"lr{row.lr:g}" / f"{row.method}-seed{row.seed}.csv"
+        run = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        last = {c: run[c].dropna().iloc[-1] if c in run and run[c].notna().any() else np.nan for c in ("eval_steps_right", "held_steps_right")}
+        last["correct_steps_right"] = run["correct_steps_right"].mean() if "correct_steps_right" in run else np.nan
+        rows.append({"setting": row.setting, "method": row.method, "eval_acc_greedy": row.eval_acc_greedy} | last)
+    table = pd.DataFrame(rows)
+    if table.empty or table[["eval_steps_right", "correct_steps_right", "held_steps_right"]].isna().all().all():
+        return None
+    lines = [
+        "| setting | method | test greedy: answer right | test greedy: every step right | correct samples with every step right | held rationales with every step right |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (setting, method), group in table.groupby(["setting", "method"], sort=False):
+        cells = [mean_std(group[c]) for c in ("eval_acc_greedy", "eval_steps_right", "correct_steps_right", "held_steps_right")]
+        lines.append(f"| {setting} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def expectations(results: pd.DataFrame, folder: Path) -> str:
     """Each of the paper's expectations judged on test greedy accuracy at the end of the
     samples budget and, where measured, at equal training FLOPs."""
@@ -245,6 +270,16 @@ def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir:
         if images:
             parts += [f"**{setting}**", "", " ".join(f"![{image}]({os.path.relpath(docs / image, readme_dir)})" for image in images), ""]
     parts += ["### The paper's expectations", "", expectations(results, folder), ""]
+    steps = steps_right_table(results, folder)
+    if steps is not None:
+        parts += [
+            "### Right answers from right steps",
+            "",
+            "The procedural tasks know their gold steps: of what a method gets right by its answer, how much is right step by step (a right answer from a wrong step is right by luck).",
+            "",
+            steps,
+            "",
+        ]
     if trl is not None:
         parts += ["### TRL's GRPOTrainer next to our `grpo` (same model, prompts per step, generations, samples, learning rate)", "", trl_table(trl, results), ""]
     if throughput is not None:

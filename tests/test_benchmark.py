@@ -95,6 +95,8 @@ def test_the_report_writes_the_results_page(smoke_benchmark, tmp_path):
     assert "| arithmetic | TRL GRPOTrainer |" in text and (docs / "curves_arithmetic.png").exists()
     # Every method at equal samples and at equal training FLOPs, the verdicts on both.
     assert "test greedy at equal FLOPs" in text and "at equal FLOPs: difference" in text
+    # Arithmetic knows its gold steps: the share of right answers reached by right steps.
+    assert "### Right answers from right steps" in text and "| arithmetic | trice | " in text.split("### Right answers from right steps")[1]
     results = pd.read_csv(out / "results.csv")
     assert results["eval_acc_greedy_at_matched_train_flops"].notna().all()
     # TRL against our grpo: both over the two seeds, with the difference's standard error.
