@@ -73,7 +73,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 import envs  # noqa: F401  (registers the environments)
 from algorithms import get_algorithm
 from envs.arithmetic import ArithmeticTask
-from trice_rl.machine import load_average, machine_info
+from trice_rl.machine import load_average, machine_info, matmul_flops
 from trice_rl.policy import Policy
 
 
@@ -106,14 +106,6 @@ TARGETS = {"builtin": (2.0, 3.0), "random": (1.5, None)}
 
 
 # ------------------------------------------------------------------ machine
-def matmul_flops(size: int, min_run_time: float) -> float:
-    """float32 FLOP/s of a square ``size`` x ``size`` torch.matmul (2·size³ FLOPs), the median
-    of as many calls as ``min_run_time`` seconds hold."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    timer = Timer("torch.matmul(a, b)", globals=dict(torch=torch, a=a, b=b), num_threads=torch.get_num_threads())
-    return 2 * size**3 / timer.blocked_autorange(min_run_time=min_run_time).median
-
-
 # ------------------------------------------------------------------ models
 def builtin_model(size: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer

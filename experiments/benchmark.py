@@ -76,7 +76,7 @@ from algorithms import get_algorithm
 from envs import Task, make_task
 from trice_rl.budget import Budget, BudgetMeter
 from trice_rl.evaluation import EvalConfig, evaluate, hardest_quartile
-from trice_rl.machine import load_average, machine_info
+from trice_rl.machine import load_average, machine_info, matmul_flops
 from trice_rl.plotting import matched_accuracy, plot_curves
 from trice_rl.policy import Policy
 from trice_rl.runner import Runner, RunConfig, add_to_result, atomic_write_text, finished_result, load_final_parameters
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "method_shapes": METHOD_SHAPES,
         "learning_rates": LEARNING_RATES,
         "seeds": plan.seeds,
-        "machine": machine_info() | {"load1_start": load_average()},
+        "machine": machine_info() | {"load1_start": load_average(), "matmul_gflops": round(matmul_flops() / 1e9, 1)},
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     started = time.perf_counter()

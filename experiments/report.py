@@ -228,6 +228,12 @@ def commands(config: dict) -> str:
     return "Commands, one benchmark resumed in the same folder: " + ", then ".join(steps) + ","
 
 
+def matmul_note(machine: dict) -> str:
+    """The machine's float32 matmul rate, where the benchmark measured it."""
+    rate = machine.get("matmul_gflops")
+    return f" ({rate:.0f} GFLOP/s float32 matmul, 2048², {machine.get('threads', '?')} threads)" if rate else ""
+
+
 def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir: Path = ROOT) -> str:
     config = json.loads((folder / "config.json").read_text())
     results = pd.read_csv(folder / "results.csv")
@@ -252,7 +258,7 @@ def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir:
         "Accuracy \"at equal FLOPs\" is read off each run's curve at the largest training FLOPs that every sampling method reached (per seed).",
         "",
         f"{commands(config)} on {machine.get('cpu', 'unknown CPU')}, "
-        f"{machine.get('cores', '?')} cores, torch {machine.get('torch', '?')}, no GPU. Sizes: {sizes['num_train']} training examples "
+        f"{machine.get('cores', '?')} cores{matmul_note(machine)}, torch {machine.get('torch', '?')}, no GPU. Sizes: {sizes['num_train']} training examples "
         f"(validation {sizes['num_validation']}), {sizes['budget_samples']} samples per run, seeds {', '.join(map(str, config['seeds']))}, "
         f"majority of {sizes['majority_k']}. Learning rates searched per method on seed {config['seeds'][0]} "
         f"({', '.join(f'{k}: {v}' for k, v in config['learning_rates'].items())}), chosen by validation greedy accuracy; "

@@ -28,3 +28,15 @@ def load_average() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
+
+
+def matmul_flops(size: int = 2048, min_run_time: float = 1.0) -> float:
+    """float32 FLOP/s of a square ``size`` x ``size`` ``torch.matmul`` (2·size³ FLOPs) on the
+    current torch threads, the median of as many calls as ``min_run_time`` seconds hold:
+    the machine's speed, next to which every time is reported."""
+    from torch.utils.benchmark import Timer
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    timer = Timer("torch.matmul(a, b)", globals=dict(torch=torch, a=a, b=b), num_threads=torch.get_num_threads())
+    return 2 * size**3 / timer.blocked_autorange(min_run_time=min_run_time).median
+
