@@ -168,6 +168,9 @@ class Star(Algorithm):
             return 0
         return self.config.samples_per_example * (2 if self.config.rationalize else 1)
 
+    def activity(self) -> str | None:
+        return f"fine-tuning {self.inner_step}/{self.inner_steps()}" if self.phase == "train" else None
+
     def wrap_up(self) -> bool:
         """The samples budget is spent: fine-tune on what this iteration has kept so far
         (never end on the previous iteration's model with paid samples thrown away)."""

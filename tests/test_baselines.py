@@ -103,8 +103,9 @@ def test_star_trains_without_the_hint_and_rationalizes_failures(make_tiny_policy
     algo = Star(policy, task, StarConfig(batch_size=3, initial_inner_steps=2, **SMALL), seed=0)
     metrics = [algo.step() for _ in range(2)]  # 2 sampling steps of 3 examples each
     assert algo.phase == "train" and len(algo.kept_index) == 6 and sum(algo.kept_rationalized) == 4
+    assert algo.activity() == "fine-tuning 0/2"  # what a progress bar shows while no samples are drawn
     metrics += [algo.step() for _ in range(2)]  # the 2 inner steps of iteration 0
-    assert algo.phase == "sample" and algo.iteration == 1
+    assert algo.phase == "sample" and algo.iteration == 1 and algo.activity() is None
 
     # Sampling: per chunk 3 un-hinted prompts, then the hinted prompts of its 2 failures.
     assert [len(prompts) for prompts, _ in spy.samples] == [3, 2, 3, 2]

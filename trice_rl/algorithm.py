@@ -224,6 +224,11 @@ class Algorithm:
         not stochastic.  The runner uses it to measure estimator variance."""
         return None
 
+    def activity(self) -> str | None:
+        """What the algorithm is doing now, where a progress bar driven by the budget cannot
+        show it (STaR fine-tuning: no samples drawn); ``None`` otherwise."""
+        return None
+
     def solved_examples(self) -> np.ndarray | None:
         """Per training example, whether the method currently holds a correct rationale for
         it (its training signal for that example); ``None`` where the method keeps none.

@@ -224,7 +224,8 @@ class Runner:
             if evaluated or algorithm.steps_done % self.config.checkpoint_every == 0:
                 self._checkpoint()
             bar.n = int(1000 * min(meter.fraction_used(budget), 1.0))
-            bar.set_postfix(acc=last_row.get("eval_acc_greedy") or "", train=f"{metrics.get('train_proposal_acc', float('nan')):.2f}")
+            activity = algorithm.activity()
+            bar.set_postfix(acc=last_row.get("eval_acc_greedy") or "", **({"now": activity} if activity else {"train": f"{metrics.get('train_proposal_acc', float('nan')):.2f}"}))
             bar.refresh()
 
     def _finish(self) -> dict[str, Any]:
