@@ -29,6 +29,8 @@ DIRECT_TEMPLATE = "Question: {question}\nAnswer: " + DIRECT_ANSWER_PREFIX
 # with the answer revealed (STaR's rationalization, TRICE's hinted initialisation), and a
 # direct answer.
 PROMPT_KINDS = ("cot", "hinted", "direct")
+# The kinds a model is evaluated or rewarded on (a hinted prompt would give the answer away).
+ANSWERING_PROMPT_KINDS = ("cot", "direct")
 FEW_SHOT_SEPARATOR = "\n\n"
 
 # Answer statements (the rules: ``Task.extract_answer``).  "the answer is X": X runs to the
@@ -292,8 +294,8 @@ class ReasoningEnv(gym.Env):
         max_observation_length: int = 1_000_000,
         max_action_length: int = 1_000_000,
     ):
-        if prompt not in ("cot", "direct"):  # a hinted prompt would give the answer away
-            raise ValueError(f"prompt must be 'cot' or 'direct', got {prompt!r}")
+        if prompt not in ANSWERING_PROMPT_KINDS:
+            raise ValueError(f"prompt must be one of {', '.join(ANSWERING_PROMPT_KINDS)}, got {prompt!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")
         if split not in task.splits:

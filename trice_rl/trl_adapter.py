@@ -39,10 +39,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from envs.base import Task
+from envs.base import ANSWERING_PROMPT_KINDS, Task
 
-# The prompt kinds a TRL run can train on (a hinted prompt would give the answer away).
-PROMPT_KINDS = ("cot", "direct")
+PROMPT_KINDS = ANSWERING_PROMPT_KINDS  # a TRL run trains on these
 
 
 def task_dataset(task: Task, split: str = "train", prompt_kind: str = "cot"):
