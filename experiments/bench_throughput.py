@@ -105,20 +105,20 @@ SMOKE = Sizes(2, 2, 4, 2, 2, 4, 1, dict(hidden_size=32, num_hidden_layers=1, num
 TARGETS = {"builtin": (2.0, 3.0), "random": (1.5, None)}
 
 
-# ------------------------------------------------------------------ machine
 # ------------------------------------------------------------------ models
 def builtin_model(size: str):
+    """The built-in model with the attention plain ``generate`` decodes fastest with on a CPU
+    (our decoder has its own); :func:`bench_model` switches to the Policy's for training."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trice_rl.builtin_model import CPU_ATTENTION, BuiltinConfig, builtin_model_path
+    from trice_rl.builtin_model import GENERATE_ATTENTION_ON_CPU, BuiltinConfig, builtin_model_path
 
     if size == "random":  # the default build's shape with random weights: the same speed, no build
         config = BuiltinConfig.preset("arithmetic", "default")
         shape = dict(hidden_size=config.hidden_size, num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size)
-        return random_llama(shape, attention=CPU_ATTENTION)
+        return random_llama(shape, attention=GENERATE_ATTENTION_ON_CPU)
     path = builtin_model_path("arithmetic", size=size)
-    # as the Policy loads it: every side of the comparison runs the same model
-    return AutoModelForCausalLM.from_pretrained(path, attn_implementation=CPU_ATTENTION), AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation=GENERATE_ATTENTION_ON_CPU), AutoTokenizer.from_pretrained(path)
 
 
 def random_llama(shape: dict, seed: int = 0, attention: str | None = None):
@@ -520,6 +520,7 @@ def bench_model(which: str, builtin_size: str, sizes: Sizes, peak: float, profil
     if which == "builtin" and sizes.eval_sample:
         for greedy in (False, True):
             rows += bench_sampling(model, tokenizer, sizes.eval_sample, sizes.repeats, peak, profile, eval_target, greedy=greedy)
+    model.set_attn_implementation("sdpa")  # training steps, ours and TRL's, on the model as the Policy loads it
     rows += bench_steps(model, tokenizer, sizes, peak, profile)
     for row in rows:
         row.update(model=label, non_embedding_params=n_params)

@@ -386,14 +386,14 @@ def run_trl_grpo(plan: Plan, setting: str, lr: float, seed: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
-    from trice_rl.builtin_model import CPU_ATTENTION, resolve_model_path
+    from trice_rl.builtin_model import resolve_model_path
     from trice_rl.trl_adapter import matching_grpo_config, task_dataset, task_reward
 
     sizes, task = plan.sizes, setting_task(setting, plan.sizes)
     prompts_per_step, group = METHOD_SHAPES["grpo"]["batch_size"], METHOD_SHAPES["grpo"]["group_size"]
     steps = -(-sizes.budget_samples // (prompts_per_step * group))
     path = resolve_model_path(SETTINGS[setting].model(sizes.model_size))
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=CPU_ATTENTION)  # as the Policy loads it
+    model = AutoModelForCausalLM.from_pretrained(path)  # as the Policy loads it
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"  # for TRL's generate; the Policy pads its own batches
     config = matching_grpo_config(str(trl_file(plan.out, setting, lr, seed).parent), prompts_per_step, group, task.max_new_tokens, steps, lr, seed)

@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from trice_rl.budget import BudgetMeter, FlopCosts
-from trice_rl.builtin_model import CPU_ATTENTION, is_builtin, resolve_model_path
+from trice_rl.builtin_model import resolve_model_path
 from trice_rl.decoding import Samples, decode
 
 TUNE_MODES = ("full", "lora", "prompt")
@@ -125,8 +125,6 @@ class Policy:
         tokenizer = AutoTokenizer.from_pretrained(path)
         dtype = kwargs.get("dtype")
         load_kwargs = {"dtype": getattr(torch, dtype) if isinstance(dtype, str) else dtype} if dtype else {}
-        if is_builtin(name_or_path) and torch.device(kwargs.get("device") or "cpu").type == "cpu":
-            load_kwargs["attn_implementation"] = CPU_ATTENTION
         model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
         return cls(model, tokenizer, tune=tune, **kwargs)
 

@@ -587,11 +587,12 @@ def _learning_rate_factor(step: int, config: BuiltinConfig) -> float:
     return floor + (1 - floor) / 2 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-# The attention implementation a built-in model is loaded with on a CPU (by the Policy, and
-# by the benchmarks for TRL and ``model.generate``, so that every side runs the same model):
-# decoding attends one query to a long character-level cache, where matmul-softmax-matmul
-# beats the fused SDPA kernel (docs/builtin_models.md).
-CPU_ATTENTION = "eager"
+# The attention implementation that plain ``model.generate`` gets on a CPU in the benchmarks:
+# it decodes one query against a long character-level cache, where matmul-softmax-matmul beats
+# the fused SDPA kernel (docs/builtin_models.md).  The Policy keeps transformers' default
+# (SDPA): it decodes through trice_rl.decoding, and trains and scores through the model's
+# forward, where SDPA is the faster one.
+GENERATE_ATTENTION_ON_CPU = "eager"
 
 
 def family_task(family: str) -> Task:
