@@ -25,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
+from trice_rl.algorithm import Algorithm, AlgorithmConfig
+from trice_rl.options import option
 
 
 @dataclass

@@ -27,7 +27,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
+from trice_rl.algorithm import Algorithm, AlgorithmConfig
+from trice_rl.options import option
 from trice_rl.policy import Samples
 
 @dataclass

@@ -64,7 +64,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig, MinibatchStream, option
+from trice_rl.algorithm import Algorithm, AlgorithmConfig, MinibatchStream
+from trice_rl.options import option
 
 PHASES = ("sample", "train")
 

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from trice_rl import distributed
-from trice_rl.algorithm import Algorithm, AlgorithmConfig, option
+from trice_rl.algorithm import Algorithm, AlgorithmConfig
+from trice_rl.options import option
 from trice_rl.policy import Samples
 
 __all__ = [

@@ -135,27 +135,28 @@ class Sizes:
     model_size: str  # the built-in models' size
 
 
+# The three settings: 150 training examples (the paper's BBH count), each visited about 4
+# times, 20 optimizer steps.  Measured times: docs/benchmark.
+QUICK = Sizes(
+    settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
+    num_train=150,
+    num_validation=100,
+    num_test=200,
+    budget_samples=640,
+    eval_every=320,
+    variance_every=5,
+    majority_k=4,
+    base_samples_per_example=4,
+    seeds=(0, 1, 2),
+    model_size="default",
+)
 PRESETS = {
-    # The three settings: 150 training examples (the paper's BBH count), each visited about
-    # 4 times, 20 optimizer steps.  Measured times: docs/benchmark.
-    "quick": Sizes(
-        settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
-        num_train=150,
-        num_validation=100,
-        num_test=200,
-        budget_samples=640,
-        eval_every=320,
-        variance_every=5,
-        majority_k=4,
-        base_samples_per_example=4,
-        seeds=(0, 1, 2),
-        model_size="default",
-    ),
+    "quick": QUICK,
     # The paper's BBH regime (150 examples, 500 steps of 32: about 100 visits each) and the
     # large-training-set regime; about 12 times the quick preset's compute per run.
-    "full": Sizes(
+    "full": dataclasses.replace(
+        QUICK,
         settings=("arithmetic", "arithmetic-large", "boolean_expressions", "multistep_arithmetic_two"),
-        num_train=150,
         num_validation=250,
         num_test=500,
         budget_samples=16000,
@@ -163,27 +164,14 @@ PRESETS = {
         variance_every=25,
         majority_k=8,
         base_samples_per_example=8,
-        seeds=(0, 1, 2),
-        model_size="default",
     ),
-    # The paper's regime within a CPU's reach: 150 training examples, 300 optimizer steps of
-    # 32 samples (each example visited about 64 times), 8 held-out evaluations per run so
-    # that over-fitting shows in the curves.
-    "paper": Sizes(
-        settings=("arithmetic", "boolean_expressions", "multistep_arithmetic_two"),
-        num_train=150,
-        num_validation=100,
-        num_test=200,
-        budget_samples=9600,
-        eval_every=1200,
-        variance_every=25,
-        majority_k=4,
-        base_samples_per_example=4,
-        seeds=(0, 1, 2),
-        model_size="default",
-    ),
+    # The paper's regime within a CPU's reach: 300 optimizer steps of 32 samples (each
+    # example visited about 64 times), 8 held-out evaluations per run so that over-fitting
+    # shows in the curves.
+    "paper": dataclasses.replace(QUICK, budget_samples=9600, eval_every=1200, variance_every=25),
     # Seconds, with the tiny built-in models whose accuracy means nothing: for tests.
-    "smoke": Sizes(
+    "smoke": dataclasses.replace(
+        QUICK,
         settings=("arithmetic",),
         num_train=16,
         num_validation=8,

@@ -44,7 +44,7 @@ import envs  # noqa: F401  (registers the environments)
 from algorithms import ALGORITHM_NAMES, get_algorithm
 from envs.arithmetic import ArithmeticTask
 from envs import DataError, make_task
-from trice_rl.algorithm import config_help
+from trice_rl.options import describe_config
 from trice_rl.budget import Budget, BudgetMeter
 from trice_rl import distributed
 from trice_rl.builtin_model import FAMILIES, VARIANTS, is_builtin, resolve_model_path
@@ -153,9 +153,7 @@ def listing() -> str:
 
 def algorithm_help(name: str) -> str:
     """An algorithm's config fields as ``--set FIELD=VALUE`` takes them."""
-    rows = config_help(get_algorithm(name).Config)
-    width = max(len(f"{field}={json.dumps(default)}") for field, default, _ in rows)
-    return f"{name} (--set FIELD=VALUE):\n" + "\n".join(f"  {f'{field}={json.dumps(default)}':<{width}}  {text}" for field, default, text in rows)
+    return f"{name} (--set FIELD=VALUE):\n" + describe_config(get_algorithm(name).Config)
 
 
 def resolve(args: argparse.Namespace) -> None:

@@ -2,7 +2,7 @@
 
 import inspect
 import re
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -129,6 +129,14 @@ def test_cli_prints_size_and_accuracies(tiny_folder, monkeypatch, capsys):
     builtin_cli.main(["--size", "tiny", "--examples", "2", "--samples", "2"])
     out = capsys.readouterr().out
     assert "parameters:" in out and re.search(r"train: examples 2  greedy \d\.\d+  sampled", out) and "test:" in out
+
+
+def test_cli_prints_the_recipe_every_field_with_its_value_and_help(capsys):
+    builtin_cli.main(["--recipe", "--family", "boolean_expressions"])
+    lines = capsys.readouterr().out.splitlines()[1:]
+    config = builtin.BuiltinConfig.preset("boolean_expressions")
+    assert [line.split("=")[0].strip() for line in lines] == [f.name for f in fields(config)]
+    assert "  few_shot_fraction=0.02 " in "\n".join(lines) and all(len(line.split("  ")) > 2 for line in lines)
 
 
 def test_the_policy_loads_the_builtin_model_with_default_attention_and_either_kernel_scores_alike(cache):

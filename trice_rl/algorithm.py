@@ -5,7 +5,7 @@ rationales through the Policy, and checkpointable state.  Each algorithm file in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -13,24 +13,10 @@ import torch
 
 from envs.base import Example, Task
 from trice_rl import distributed
+from trice_rl.options import option
 from trice_rl.policy import Policy, Samples
 
 SCHEDULES = ("constant", "cosine")
-
-
-def option(default: Any, help: str) -> Any:
-    """A config field with its one-line help (``compare.py --algo-help NAME`` lists them)."""
-    return field(default=default, metadata={"help": help})
-
-
-def config_help(config_class: type) -> list[tuple[str, Any, str]]:
-    """(name, default, help) of every field of a config dataclass; a subclass that only
-    changes a default keeps its base class's help."""
-    rows = []
-    for f in fields(config_class):
-        help_text = next((g.metadata["help"] for base in config_class.__mro__ if is_dataclass(base) for g in fields(base) if g.name == f.name and "help" in g.metadata), "")
-        rows.append((f.name, f.default, help_text))
-    return rows
 
 
 @dataclass

@@ -147,12 +147,9 @@ def matching_grpo_config(output_dir: str, prompts_per_step: int, group_size: int
         gradient_checkpointing=False,
         use_cpu=True,
         bf16=False,
-        report_to="none",
-        logging_strategy="no",
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         seed=seed,
+        # no side output, no extra processes
+        report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
     )
     return GRPOConfig(**(fields | overrides))
 

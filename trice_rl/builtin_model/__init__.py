@@ -58,6 +58,7 @@ from envs.procedural_bbh import (
     true_arithmetic,
     true_boolean,
 )
+from trice_rl.options import option
 
 FAMILIES = ("arithmetic", "boolean_expressions", "multistep_arithmetic_two")
 SIZES = ("default", "tiny")
@@ -79,48 +80,33 @@ EXECUTION_FIELDS = ("threads",)
 class BuiltinConfig:
     """Everything a build depends on; its hash names the cache folder."""
 
-    family: str = "arithmetic"
-    size: str = "default"
-    seed: int = 0
-    # Llama shape
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_position_embeddings: int = 2048
-    # Five times the transformers default: at this width the default starts attention so
-    # close to uniform that learning to copy operands stalls for hundreds of steps.
-    initializer_range: float = 0.1
-    # optimisation.  Copying operands and the arithmetic are learned late: shorter schedules
-    # of this recipe (285 or 700 steps of 32, 570 of 16) wrote rationales in the right format
-    # with wrong operands and results (greedy 0.07-0.12 on the training split, hinted no
-    # better: chance); 1400 steps: greedy 0.31, sampled 0.31, hinted 0.39.
-    train_steps: int = 1400
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
-    # cosine decay ends at this fraction of the peak rate
-    learning_rate_floor: float = 0.1
-    weight_decay: float = 0.01
-    adam_betas: tuple[float, float] = (0.9, 0.98)
-    max_grad_norm: float = 1.0
-    # documents are sorted by length within blocks of this many batches (little padding)
-    length_sort_batches: int = 50
-    # "bf16" (autocast; twice as fast where the CPU has native bf16) or "fp32"; the preset
-    # picks what this machine supports, and the choice is part of the cache key.
-    precision: str = "fp32"
-    # torch threads (at most the free cores: CPU training slows down many times beyond
-    # them).  How to run, not what to build: not part of the cache key (--threads).
-    threads: int = 2
-    # corpus
-    cot_mistake_rate: float = 0.6
-    hinted_mistake_rate: float = 0.2
-    hinted_fraction: float = 0.25
-    direct_fraction: float = 0.1
-    few_shot_fraction: float = 0.05
-    max_few_shot: int = 3
-    # 2: every held-out question (validation, test) is excluded from the corpus
-    corpus_version: int = 2
+    family: str = option("arithmetic", "which task family the corpus teaches (FAMILIES)")
+    size: str = option("default", "the preset this config came from (default, tiny)")
+    seed: int = option(0, "seed of the initial weights, the corpus and the batch order")
+    hidden_size: int = option(128, "Llama width")
+    num_layers: int = option(3, "Llama layers")
+    num_heads: int = option(4, "attention heads (as many key/value heads)")
+    intermediate_size: int = option(512, "MLP width")
+    max_position_embeddings: int = option(2048, "longest position RoPE is set up for")
+    initializer_range: float = option(0.1, "std of the initial weights (docs/builtin_models.md: why 5x the default)")
+    train_steps: int = option(1400, "optimizer steps (docs/builtin_models.md: why this many)")
+    batch_size: int = option(32, "documents per optimizer step")
+    learning_rate: float = option(3e-3, "peak learning rate")
+    warmup_steps: int = option(100, "linear warm-up steps")
+    learning_rate_floor: float = option(0.1, "the cosine decay ends at this fraction of the peak rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    adam_betas: tuple[float, float] = option((0.9, 0.98), "AdamW betas")
+    max_grad_norm: float = option(1.0, "gradient clipping")
+    length_sort_batches: int = option(50, "documents are sorted by length within blocks of this many batches (little padding)")
+    precision: str = option("fp32", "bf16 (autocast: twice as fast where the CPU has native bf16) or fp32; presets pick what the machine supports")
+    threads: int = option(2, "torch threads, at most the free cores; how to run, not what to build (not in the cache key)")
+    cot_mistake_rate: float = option(0.6, "chance that a CoT rationale writes a step of the systematic kind (module docstring) wrong")
+    hinted_mistake_rate: float = option(0.2, "the same chance in hinted rationales")
+    hinted_fraction: float = option(0.25, "share of corpus documents in the hinted format")
+    direct_fraction: float = option(0.1, "share of corpus documents in the direct-answer format")
+    few_shot_fraction: float = option(0.05, "share of corpus documents preceded by worked examples")
+    max_few_shot: int = option(3, "most worked examples before a document")
+    corpus_version: int = option(2, "2: every held-out question (validation, test) is excluded from the corpus")
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

@@ -14,6 +14,7 @@ import numpy as np
 from envs.base import DataError
 from trice_rl import builtin_model as builtin
 from trice_rl.evaluation import EvalConfig, evaluate, sampled_answers, sampled_correct
+from trice_rl.options import describe_config
 from trice_rl.policy import Policy
 
 DIRECT_ANSWER_TOKENS = 16  # a direct answer and its full stop
@@ -90,12 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=8, help="samples per example for sampled accuracy")
     parser.add_argument("--threads", type=int, help="torch threads for a build (default: 2; 1 on a busy machine)")
     parser.add_argument("--ship", action="store_true", help="copy the default build into the package (trice_rl/models) and record it in its manifest")
+    parser.add_argument("--recipe", action="store_true", help="print the build's config (every field, its value and meaning), then exit")
     args = parser.parse_args(argv)
 
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.ship and (args.size != "default" or args.seed != 0):
         parser.error("--ship ships the default size built with seed 0")
+    if args.recipe:
+        print(f"{args.family} {args.size} (seed {args.seed}):\n" + describe_config(builtin.BuiltinConfig.preset(args.family, args.size, args.seed)))
+        return
     folder = builtin.builtin_model_path(args.family, args.size, args.seed, rebuild=args.force, threads=args.threads)
     record = json.loads((folder / builtin.CONFIG_FILE).read_text())
     print(f"model: {folder}")
