@@ -9,7 +9,7 @@ from typing import Any
 
 
 def option(default: Any, help: str) -> Any:
-    """A config field with its one-line help (``compare.py --algo-help NAME`` lists them)."""
+    """A config field with its one-line help (listed by :func:`describe_config`)."""
     return field(default=default, metadata={"help": help})
 
 
@@ -26,6 +26,7 @@ def config_help(config_class: type) -> list[tuple[str, Any, str]]:
 def describe_config(config: Any) -> str:
     """One line per field, ``name=value  help``: the defaults of a config class, or the values
     of a config instance."""
-    rows = [(name, getattr(config, name) if not isinstance(config, type) else default, text) for name, default, text in config_help(config if isinstance(config, type) else type(config))]
+    config_class = config if isinstance(config, type) else type(config)
+    rows = [(name, default if config is config_class else getattr(config, name), text) for name, default, text in config_help(config_class)]
     width = max(len(f"{name}={json.dumps(value)}") for name, value, _ in rows)
     return "\n".join(f"  {f'{name}={json.dumps(value)}':<{width}}  {text}" for name, value, text in rows)
