@@ -14,35 +14,24 @@ few-shot rationales are prompts, not training targets) cannot be used: the const
 raises a ``ValueError`` naming the task.
 
 It draws no samples: each gold target it trains on is charged as one sample
-(``Algorithm.train_on_targets``), so a samples budget gives it as many examples and
+(``TargetTuning``), so a samples budget gives it as many examples and
 optimizer steps as TRICE.  No ``train_proposal_acc``: there are no proposals.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig
-from trice_rl.options import option
+from envs.base import Example
+from trice_rl.algorithm import TargetTuning, TargetTuningConfig
 
 
-@dataclass
-class CotSftConfig(AlgorithmConfig):
-    """``batch_size`` is M, the examples per step."""
-
-    append_eos: bool = option(True, "the target rationale ends with the EOS token")
-
-
-class CotSFT(Algorithm):
+class CotSFT(TargetTuning):
     """Supervised tuning of log p(gold rationale | question) with the CoT template."""
 
     name: ClassVar[str] = "cot-sft"
-    Config: ClassVar[type] = CotSftConfig
-    config: CotSftConfig  # the typed view of Algorithm.config
-    metric_names: ClassVar[tuple[str, ...]] = ("loss", "grad_norm")
 
-    def __init__(self, policy, task, config: CotSftConfig | None = None, seed: int = 0):
+    def __init__(self, policy, task, config: TargetTuningConfig | None = None, seed: int = 0):
         missing = sum(example.rationale is None for example in task.examples("train"))
         if missing:
             raise ValueError(
@@ -52,7 +41,5 @@ class CotSFT(Algorithm):
             )
         super().__init__(policy, task, config, seed)
 
-    def step(self) -> dict[str, float]:
-        indices = self.next_batch()
-        rationales = [self.train[i].rationale for i in indices]
-        return self.train_on_targets(self.cot_prompts(indices), rationales, append_eos=self.config.append_eos)
+    def prompt_and_target(self, example: Example) -> tuple[str, str]:
+        return self.task.cot_prompt(example.question), example.rationale

@@ -16,38 +16,24 @@ As in the paper, the tuned parameters are a soft prompt: ``default_tune = "promp
 ``--tune`` says; the class itself tunes whatever its Policy makes tunable.
 
 It draws no samples: each target it trains on is charged as one sample
-(``Algorithm.train_on_targets``), so a samples budget gives it as many examples and
+(``TargetTuning``), so a samples budget gives it as many examples and
 optimizer steps as TRICE.  No ``train_proposal_acc``: there are no proposals.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
-from trice_rl.algorithm import Algorithm, AlgorithmConfig
-from trice_rl.options import option
+from envs.base import Example
+from trice_rl.algorithm import TargetTuning
 
 
-@dataclass
-class PromptTuningConfig(AlgorithmConfig):
-    """``batch_size`` is M, the examples per step."""
-
-    append_eos: bool = option(True, "the target ends with the EOS token")
-
-
-class PromptTuning(Algorithm):
+class PromptTuning(TargetTuning):
     """Supervised tuning of log p(answer | question) with the direct template."""
 
     name: ClassVar[str] = "prompt-tuning"
-    Config: ClassVar[type] = PromptTuningConfig
-    config: PromptTuningConfig  # the typed view of Algorithm.config
     prompt_kind: ClassVar[str] = "direct"
     default_tune: ClassVar[str | None] = "prompt"
-    metric_names: ClassVar[tuple[str, ...]] = ("loss", "grad_norm")
 
-    def step(self) -> dict[str, float]:
-        examples = [self.train[i] for i in self.next_batch()]
-        prompts = [self.task.direct_prompt(e.question) for e in examples]
-        targets = [self.task.direct_completion(e.answer) for e in examples]
-        return self.train_on_targets(prompts, targets, append_eos=self.config.append_eos)
+    def prompt_and_target(self, example: Example) -> tuple[str, str]:
+        return self.task.direct_prompt(example.question), self.task.direct_completion(example.answer)

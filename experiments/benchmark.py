@@ -408,7 +408,7 @@ def _init_worker(threads: int) -> None:
 
 
 def _final_columns(outcome: dict) -> dict:
-    keys = ("eval_acc_greedy", "eval_acc_majority", "eval_acc_sampled", "val_acc_greedy", "samples_drawn", "grad_steps", "tokens_generated", "train_flops", "wall_seconds", "tracked_solved")
+    keys = ("eval_acc_greedy", "eval_acc_majority", "eval_acc_sampled", "val_acc_greedy", "samples_drawn", "grad_steps", "tokens_generated", "train_flops", "wall_seconds", "eval_seconds", "tracked_solved")
     return {k: outcome.get(k, float("nan")) for k in keys}
 
 

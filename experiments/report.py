@@ -234,6 +234,18 @@ def matmul_note(machine: dict) -> str:
     return f" ({rate:.0f} GFLOP/s float32 matmul, 2048², {machine.get('threads', '?')} threads)" if rate else ""
 
 
+def time_note(results: pd.DataFrame) -> str:
+    """How the runs in the table split their time between training and held-out evaluation
+    (the runner records both; older benchmark folders have no evaluation time)."""
+    if "eval_seconds" not in results or results["eval_seconds"].isna().any():
+        return ""
+    training, evaluating = results["wall_seconds"].sum(), results["eval_seconds"].sum()
+    return (
+        f" The {len(results)} runs in the table spent {training:,.0f} s training and {evaluating:,.0f} s in held-out "
+        f"evaluation (test and validation): evaluation is {evaluating / (training + evaluating):.0%} of their time."
+    )
+
+
 def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir: Path = ROOT) -> str:
     config = json.loads((folder / "config.json").read_text())
     results = pd.read_csv(folder / "results.csv")
@@ -262,7 +274,7 @@ def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir:
         f"(validation {sizes['num_validation']}), {sizes['budget_samples']} samples per run, seeds {', '.join(map(str, config['seeds']))}, "
         f"majority of {sizes['majority_k']}. Learning rates searched per method on seed {config['seeds'][0]} "
         f"({', '.join(f'{k}: {v}' for k, v in config['learning_rates'].items())}), chosen by validation greedy accuracy; "
-        "test items choose nothing. The full-size setting is `--preset full`.",
+        f"test items choose nothing. The full-size setting is `--preset full`.{time_note(results)}",
         "",
         "Final held-out accuracy (mean ± std over seeds; the base model is deterministic greedy, one sampled majority run):",
         "",

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms.cot_sft import CotSFT, CotSftConfig
+from algorithms.cot_sft import CotSFT
 from algorithms.grpo import GRPO, GrpoConfig, group_advantages
-from algorithms.prompt_tuning import PromptTuning, PromptTuningConfig
+from algorithms.prompt_tuning import PromptTuning
 from algorithms.rft import RejectionFineTuning, RftConfig, rft_coefficients
 from algorithms.star import RestEM, RestEMConfig, Star, StarConfig, inner_steps_for
 from envs.arithmetic import ArithmeticTask
@@ -322,7 +322,7 @@ def test_prompt_tuning_uses_the_direct_template_and_lowers_its_loss(make_tiny_po
     task = make_task(num_train=4)
     policy = make_tiny_policy(tune="prompt", seed=0)
     spy = Spy(policy)
-    algo = PromptTuning(policy, task, PromptTuningConfig(batch_size=4, lr=0.05), seed=0)
+    algo = PromptTuning(policy, task, PromptTuning.Config(batch_size=4, lr=0.05), seed=0)
     losses = [algo.step()["loss"] for _ in range(12)]
     assert losses[-1] < losses[0] - 0.5, losses
     eos = policy.tokenizer.eos_token_id
@@ -353,7 +353,7 @@ def test_cot_sft_trains_on_gold_rationales_with_the_cot_template(make_tiny_polic
     task = make_task(num_train=4)
     policy = make_tiny_policy(seed=0)
     spy = Spy(policy)
-    algo = CotSFT(policy, task, CotSftConfig(batch_size=4, lr=1e-2), seed=0)
+    algo = CotSFT(policy, task, CotSFT.Config(batch_size=4, lr=1e-2), seed=0)
     losses = [algo.step()["loss"] for _ in range(4)]
     assert losses[-1] < losses[0]
     eos = policy.tokenizer.eos_token_id
@@ -372,8 +372,8 @@ VARIANTS = {
     "rft": (RejectionFineTuning, RftConfig(batch_size=2, particles=3, **SMALL)),
     "rest-em": (RestEM, RestEMConfig(batch_size=2, samples_per_example=3, max_kept_per_example=2, initial_inner_steps=2, **SMALL)),
     "grpo": (GRPO, GrpoConfig(batch_size=2, group_size=3, kl_coef=0.1, **SMALL)),
-    "prompt-tuning": (PromptTuning, PromptTuningConfig(batch_size=2, lr=1e-2)),
-    "cot-sft": (CotSFT, CotSftConfig(batch_size=2, lr=1e-2)),
+    "prompt-tuning": (PromptTuning, PromptTuning.Config(batch_size=2, lr=1e-2)),
+    "cot-sft": (CotSFT, CotSFT.Config(batch_size=2, lr=1e-2)),
 }
 
 

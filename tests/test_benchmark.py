@@ -105,6 +105,9 @@ def test_the_report_writes_the_results_page(smoke_benchmark, tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| arithmetic | ") and line.count("|") == 8)
     assert f"| {report.mean_std(trl['eval_acc_greedy'])} | {report.mean_std(ours)} | {trl['eval_acc_greedy'].mean() - ours.mean():+.3f} ± " in row
     assert "](curves_arithmetic.png)" in text
+    # How the runs split their time between training and held-out evaluation.
+    share = results["eval_seconds"].sum() / (results["wall_seconds"].sum() + results["eval_seconds"].sum())
+    assert results["eval_seconds"].gt(0).all() and f"evaluation is {share:.0%} of their time" in text
 
 
 def test_verdicts_follow_the_seed_spread():

@@ -12,9 +12,10 @@ import torch
 from algorithms import ALGORITHM_NAMES, get_algorithm
 from algorithms.star import Star, StarConfig
 from trice_rl import budget as budget_module
+from trice_rl import runner as runner_module
 from trice_rl.algorithm import MinibatchStream, cosine_factor
 from trice_rl.budget import Budget, BudgetMeter
-from trice_rl.evaluation import EvalConfig
+from trice_rl.evaluation import EvalConfig, evaluate
 from trice_rl.runner import Runner, RunConfig
 
 from .conftest import CoinTask
@@ -158,6 +159,36 @@ def test_wall_seconds_counts_the_run_not_a_build_before_it(make_tiny_policy, tmp
     algorithm = get_algorithm("trice")(policy, CoinTask(), get_algorithm("trice").Config(batch_size=4, max_new_tokens=6), seed=0)
     run = RunConfig(budget=Budget(samples=24), eval_every=10**9, eval=EvalConfig(max_examples=2, majority_k=0, max_new_tokens=4))
     assert Runner(algorithm, run, tmp_path, progress=False).run()["wall_seconds"] == 0.0  # the clock stood still
+
+
+def test_the_result_says_how_long_held_out_evaluation_took_apart_from_training(make_tiny_policy, tmp_path, monkeypatch):
+    """Each greedy decode takes 7 s on a clock that stands still otherwise: the run's
+    ``eval_seconds`` counts every evaluation's (step 0, the eval_every ones, the final test
+    and the final validation), and ``wall_seconds`` none of them."""
+    clock = FakeClock()
+    monkeypatch.setattr(budget_module, "time", clock)
+    monkeypatch.setattr(runner_module, "time", clock)
+    policy = make_tiny_policy()
+    greedy, decodes, splits = policy.greedy, [], []
+
+    def slow_greedy(*args, **kwargs):
+        decodes.append(1)
+        clock.now += 7.0
+        return greedy(*args, **kwargs)
+
+    def recorded_evaluate(*args, **kwargs):
+        splits.append(args[2].split)
+        return evaluate(*args, **kwargs)
+
+    policy.greedy = slow_greedy
+    monkeypatch.setattr(runner_module, "evaluate", recorded_evaluate)
+    algorithm = get_algorithm("trice")(policy, CoinTask(), get_algorithm("trice").Config(batch_size=4, max_new_tokens=6), seed=0)
+    small = EvalConfig(max_examples=2, majority_k=0, max_new_tokens=4)
+    run = RunConfig(budget=Budget(samples=24), eval_every=8, eval=small, final_validation=EvalConfig(**{**small.__dict__, "split": "train"}))
+    result = Runner(algorithm, run, tmp_path, progress=False).run()
+    assert splits.count("train") == 1 and len(splits) >= 4
+    assert result["eval_seconds"] == 7.0 * len(decodes) > 0
+    assert result["wall_seconds"] == 0.0
 
 
 # ------------------------------------------------------------------ batches

@@ -125,7 +125,7 @@ def killed_child(make_policy, out: Path, victim: str, function: str | None, samp
 
 
 def without_wall_clock(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop(columns=[c for c in frame.columns if c.startswith("wall_seconds")])
+    return frame.drop(columns=[c for c in frame.columns if c.startswith("wall_seconds") or c == "eval_seconds"])
 
 
 def killed_and_resumed(make_policy, tmp_path: Path, kills) -> list[str]:

@@ -305,18 +305,6 @@ class Algorithm:
         loss = self.accumulate_gradient(prompts, completions, coefficients)
         return {"loss": loss, "grad_norm": self.apply_gradient()}
 
-    def train_on_targets(self, prompts: Sequence[str], targets: Sequence[str], append_eos: bool = True) -> dict[str, float]:
-        """A supervised step on given targets (gold rationales, direct answers), for methods
-        that draw no samples.  Each target is charged as one sample, so that a budget in
-        samples gives them as many examples and optimizer steps of the same batch size as
-        TRICE, which draws one sample per example per step."""
-        token_ids = self.policy.encode_completions(targets)
-        if append_eos and self.policy.eos_token_ids:  # learn to stop, as sampled rationales do
-            token_ids = [ids + [self.policy.eos_token_ids[0]] for ids in token_ids]
-        # Each rank charges the share it trains on (accumulate_gradient's).
-        self.policy.charge_targets(token_ids[distributed.shard(len(token_ids))])
-        return self.supervised_step(prompts, token_ids)
-
     def flat_gradient(self) -> torch.Tensor:
         """The accumulated gradient (summed over ranks) as one vector, then cleared (for
         estimate_gradient)."""
@@ -341,3 +329,37 @@ class Algorithm:
         self.steps_done = int(state["steps_done"])
         schedule = state.get("schedule", {"step": 0, "horizon": self.schedule_horizon})
         self.schedule_step, self.schedule_horizon = int(schedule["step"]), schedule["horizon"]
+
+
+@dataclass
+class TargetTuningConfig(AlgorithmConfig):
+    """``batch_size`` is M, the examples per step."""
+
+    append_eos: bool = option(True, "each target ends with the EOS token, so the model learns to stop after it")
+
+
+class TargetTuning(Algorithm):
+    """Supervised tuning on one fixed target per training example (gold rationales, direct
+    answers), for methods that draw no samples: each step minimises the minibatch mean of
+    -log p(target | prompt).  A subclass says only which prompt and target an example gets.
+
+    Each target is charged as one sample, so that a budget in samples gives these methods as
+    many examples and optimizer steps of the same batch size as TRICE, which draws one
+    sample per example per step."""
+
+    Config: ClassVar[type] = TargetTuningConfig
+    config: TargetTuningConfig
+    metric_names: ClassVar[tuple[str, ...]] = ("loss", "grad_norm")
+
+    def prompt_and_target(self, example: Example) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def step(self) -> dict[str, float]:
+        pairs = [self.prompt_and_target(self.train[i]) for i in self.next_batch()]
+        prompts = [prompt for prompt, _ in pairs]
+        token_ids = self.policy.encode_completions([target for _, target in pairs])
+        if self.config.append_eos and self.policy.eos_token_ids:  # learn to stop, as sampled rationales do
+            token_ids = [ids + [self.policy.eos_token_ids[0]] for ids in token_ids]
+        # Each rank charges the share it trains on (accumulate_gradient's).
+        self.policy.charge_targets(token_ids[distributed.shard(len(token_ids))])
+        return self.supervised_step(prompts, token_ids)

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,7 @@ class Runner:
         self.next_eval = 0
         self.setup_done = False
         self.training_done = False
+        self.eval_seconds = 0.0  # wall time in held-out evaluation (test and validation)
         self.stalled, self.spent_before = 0, None  # steps in a row that spent no limit
         self.sync_meter = distributed.MeterSync(algorithm.policy.meter)
         probe_size = min(config.variance_batch, len(algorithm.train))
@@ -233,10 +235,10 @@ class Runner:
         algorithm = self.algorithm
         final = self._evaluate(final=True) | self._tracked_solved()
         if self.config.final_validation:
-            validation = evaluate(algorithm.policy, algorithm.task, self.config.final_validation, algorithm.prompt_kind, algorithm.seed)
+            validation = self._timed_evaluation(self.config.final_validation)
             final |= {f"val_{key.removeprefix('eval_')}": value for key, value in validation.items() if key != "eval_acc_sampled"}
         self._write_row(final)
-        result = {"algo": algorithm.name, "seed": algorithm.seed, **final, **self._usage()}
+        result = {"algo": algorithm.name, "seed": algorithm.seed, **final, **self._usage(), "eval_seconds": round(self.eval_seconds, 3)}
         if distributed.is_main():
             atomic_write_text(json.dumps(result, indent=2), self.result_path)
         return result
@@ -270,7 +272,15 @@ class Runner:
         if not final:
             eval_config = EvalConfig(**{**eval_config.__dict__, "majority_k": 0})
         self._schedule_next_eval()
-        return evaluate(self.algorithm.policy, self.algorithm.task, eval_config, prompt_kind=self.algorithm.prompt_kind, seed=self.algorithm.seed)
+        return self._timed_evaluation(eval_config)
+
+    def _timed_evaluation(self, eval_config: EvalConfig) -> dict[str, float]:
+        algorithm = self.algorithm
+        started = time.perf_counter()
+        try:
+            return evaluate(algorithm.policy, algorithm.task, eval_config, prompt_kind=algorithm.prompt_kind, seed=algorithm.seed)
+        finally:
+            self.eval_seconds += time.perf_counter() - started
 
     def _skip_evaluation(self, known: dict[str, float]) -> dict[str, float]:
         self._schedule_next_eval()
@@ -353,6 +363,7 @@ class Runner:
                 "next_eval": self.next_eval,
                 "setup_done": self.setup_done,
                 "training_done": self.training_done,
+                "eval_seconds": self.eval_seconds,
                 "stall": (self.stalled, self.spent_before),
             },
             self.checkpoint_path,
@@ -370,6 +381,7 @@ class Runner:
         self.next_eval = state["next_eval"]
         self.setup_done = state["setup_done"]
         self.training_done = state.get("training_done", False)
+        self.eval_seconds = state.get("eval_seconds", 0.0)
         self.stalled, self.spent_before = state.get("stall", (0, None))
         if distributed.is_main():
             self._cut_csv()
