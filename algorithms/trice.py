@@ -482,7 +482,7 @@ class Trice(Algorithm):
     name = "trice"
     Config = TriceConfig
     config: TriceConfig  # the typed view of Algorithm.config
-    metric_names = ("train_proposal_acc", "memory_acc", "batch_memory_acc", "accept_rate", "beta_mean", "num_candidates", "grad_norm", "loss")
+    metric_names = ("train_proposal_acc", "memory_acc", "memory_hinted", "batch_memory_acc", "accept_rate", "beta_mean", "num_candidates", "grad_norm", "loss")
 
     def __init__(self, policy, task, config: TriceConfig | None = None, seed: int = 0):
         super().__init__(policy, task, config, seed)
@@ -493,6 +493,9 @@ class Trice(Algorithm):
         self.memory_correct = torch.zeros(num_examples, dtype=torch.bool)
         # Whether an example's memory holds a rationale yet (all, after an up-front init).
         self.memory_filled = torch.zeros(num_examples, dtype=torch.bool)
+        # Whether it is still the initial sample drawn with the answer shown (rationalization),
+        # which reaches the right answer through wrong steps far more often than a proposal.
+        self.memory_hinted = torch.zeros(num_examples, dtype=torch.bool)
         self.resample_generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -504,13 +507,21 @@ class Trice(Algorithm):
         return self.num_proposals + (self.config.memory_init == "lazy")
 
     # ---------------------------------------------------------------- memory
-    def _write_memory(self, indices: Sequence[int], token_ids: Sequence[Sequence[int]], correct: torch.Tensor) -> None:
+    def _write_memory(self, indices: Sequence[int], token_ids: Sequence[Sequence[int]], correct: torch.Tensor, hinted: bool = False) -> None:
         for index, ids in zip(indices, token_ids):
             self.memory_tokens[index, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
             self.memory_lengths[index] = len(ids)
         rows = torch.as_tensor(list(indices), dtype=torch.long)
         self.memory_correct[rows] = correct
         self.memory_filled[rows] = True
+        self.memory_hinted[rows] = hinted
+
+    def _memory_stats(self) -> dict[str, float]:
+        """The share of examples with a correct entry, and of those entries the share that
+        are still the hinted initial sample."""
+        correct = self.memory_correct
+        hinted = (self.memory_hinted & correct).sum() / correct.sum() if correct.any() else float("nan")
+        return {"memory_acc": float(correct.float().mean()), "memory_hinted": float(hinted)}
 
     def memory_rationale(self, index: int) -> list[int]:
         """The token ids of example ``index``'s memory entry."""
@@ -528,8 +539,8 @@ class Trice(Algorithm):
             for start in range(0, len(all_indices), self.config.init_batch_size):
                 chunk = all_indices[start : start + self.config.init_batch_size]
                 samples = self._initial_samples(chunk)
-                self._write_memory(chunk, samples.token_ids, torch.as_tensor(self.correct(samples, chunk)))
-        return {"memory_acc": float(self.memory_correct.float().mean())}
+                self._write_memory(chunk, samples.token_ids, torch.as_tensor(self.correct(samples, chunk)), self.config.hinted_init)
+        return self._memory_stats()
 
     def _fill_lazily(self, indices: Sequence[int], proposal_correct: torch.Tensor) -> None:
         """First visits: an example none of whose proposals is correct gets an initial
@@ -538,7 +549,7 @@ class Trice(Algorithm):
         if empty:
             chosen = [indices[m] for m in empty]
             samples = self._initial_samples(chosen)
-            self._write_memory(chosen, samples.token_ids, torch.as_tensor(self.correct(samples, chosen)))
+            self._write_memory(chosen, samples.token_ids, torch.as_tensor(self.correct(samples, chosen)), self.config.hinted_init)
 
     # ------------------------------------------------------------------ step
     def _propose(self, indices: Sequence[int], generator: torch.Generator) -> Visit:
@@ -591,7 +602,7 @@ class Trice(Algorithm):
         beta = leave_one_out_beta(visit.memory_correct, any_correct)
         return {
             "train_proposal_acc": float(visit.proposal_correct.float().mean()),
-            "memory_acc": float(self.memory_correct.float().mean()),
+            **self._memory_stats(),
             "batch_memory_acc": float(valid.float().mean()),
             "accept_rate": float(any_correct.float().mean()),
             "beta_mean": float(beta[valid].mean()) if valid.any() else float("nan"),
@@ -625,6 +636,7 @@ class Trice(Algorithm):
             "memory_lengths": self.memory_lengths.clone(),
             "memory_correct": self.memory_correct.clone(),
             "memory_filled": self.memory_filled.clone(),
+            "memory_hinted": self.memory_hinted.clone(),
             "resample_generator": self.resample_generator.get_state(),
         }
 
@@ -634,6 +646,7 @@ class Trice(Algorithm):
         self.memory_lengths = state["memory_lengths"].clone()
         self.memory_correct = state["memory_correct"].clone()
         self.memory_filled = state.get("memory_filled", torch.ones_like(self.memory_correct)).clone()
+        self.memory_hinted = state.get("memory_hinted", torch.zeros_like(self.memory_correct)).clone()
         self.resample_generator.set_state(state["resample_generator"])
 
 

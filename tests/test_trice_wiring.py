@@ -161,6 +161,22 @@ def test_trice_k_with_one_proposal_takes_trice_s_step():
     torch.testing.assert_close(gradients[0], gradients[1])
 
 
+@pytest.mark.parametrize("hinted_init", [True, False])
+def test_the_log_says_how_many_correct_entries_are_still_hinted_samples(hinted_init):
+    """Up front every entry is an initial sample (hinted or not, as configured); an accepted
+    proposal replaces it and is not hinted."""
+    # Initial samples: q0's and q1's correct; then q0's proposal is correct, the others' not.
+    if hinted_init:
+        policy = ToyPolicy({0: [3], 1: [0], 2: [1], 3: [1]}, {0: [3], 1: [4], 2: [0], 3: [2]})
+    else:
+        policy = ToyPolicy({0: [3, 3], 1: [4, 0], 2: [0, 1], 3: [2, 1]})
+    algorithm = Trice(policy, ToyTask(), TriceConfig(batch_size=Q, hinted_init=hinted_init), seed=0)
+    assert algorithm.setup() == {"memory_acc": 0.5, "memory_hinted": 1.0 if hinted_init else 0.0}
+    metrics = algorithm.step()
+    assert algorithm.memory_hinted.tolist() == [False, hinted_init, hinted_init, hinted_init]
+    assert metrics["memory_hinted"] == (0.5 if hinted_init else 0.0)
+
+
 @pytest.mark.parametrize("cls,config", [(Trice, TriceConfig), (TriceK, TriceKConfig)])
 def test_lazy_memory_is_filled_on_first_visits_with_a_hint_only_where_needed(cls, config):
     k = 2 if cls is TriceK else 1
@@ -169,13 +185,15 @@ def test_lazy_memory_is_filled_on_first_visits_with_a_hint_only_where_needed(cls
     hinted = {1: [4], 2: [0], 3: [2]}
     policy = ToyPolicy(proposals, hinted)
     algorithm = cls(policy, ToyTask(), config(batch_size=Q, memory_init="lazy", **({"num_proposals": k} if k > 1 else {})), seed=0)
-    assert algorithm.setup() == {"memory_acc": 0.0} and policy.meter.samples == 0  # nothing up front
-    algorithm.step()
+    assert algorithm.setup()["memory_acc"] == 0.0 and policy.meter.samples == 0  # nothing up front
+    metrics = algorithm.step()
     hinted_rows = [ToyPolicy.row(p) - Q for p in policy.sampled_prompts if ToyPolicy.row(p) >= Q]
     assert sorted(hinted_rows) == [1, 2, 3]
     assert policy.meter.samples == k * Q + 3
     assert [algorithm.memory_rationale(q) for q in range(Q)] == [[3], [4], [0], [2]]
     assert algorithm.memory_correct.tolist() == [True, True, False, False]
+    # q0's entry is its own proposal; q1's correct entry is still its hinted sample.
+    assert algorithm.memory_hinted.tolist() == [False, True, True, True] and metrics["memory_hinted"] == 0.5
     # The gradient used the hinted samples as pre-update memory, scored un-hinted.
     assert policy.gradients[0][Q:].abs().sum() == 0
 
