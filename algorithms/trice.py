@@ -493,8 +493,8 @@ class Trice(Algorithm):
         self.memory_correct = torch.zeros(num_examples, dtype=torch.bool)
         # Whether an example's memory holds a rationale yet (all, after an up-front init).
         self.memory_filled = torch.zeros(num_examples, dtype=torch.bool)
-        # Whether it is still the initial sample drawn with the answer shown (rationalization),
-        # which reaches the right answer through wrong steps far more often than a proposal.
+        # Whether it is still the initial sample drawn with the answer shown (rationalization;
+        # docs/algorithms.md §2.2 says why the log tracks it).
         self.memory_hinted = torch.zeros(num_examples, dtype=torch.bool)
         self.resample_generator = torch.Generator().manual_seed(seed)
 
