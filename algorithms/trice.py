@@ -440,7 +440,10 @@ class TriceConfig(AlgorithmConfig):
     answer shown in the prompt (rationalization, §2.2); without it memory starts from
     ordinary proposals.  ``memory_init`` "upfront" samples every example's memory before
     the first step (the paper); "lazy" fills an example's memory on its first visit, with a
-    hinted sample only when that visit's proposals are all incorrect.
+    hinted sample only when that visit's proposals are all incorrect.  ``memory_max_reuse``
+    (None: never, the exact chain) forgets a correct entry once it has been retrained on at
+    that many visits without a correct proposal replacing it: a diagnostic that bounds how
+    long a kept rationale is replayed, at the price of the estimator's exactness (§2.4).
     """
 
     control_variate: bool = option(True, "subtract the leave-one-out control variate (§3.2)")
@@ -448,11 +451,14 @@ class TriceConfig(AlgorithmConfig):
     hinted_init: bool = option(True, "initial memory from the hinted prompt (rationalization, §2.2)")
     init_batch_size: int = option(128, "examples per sampling call of the up-front memory initialisation")
     memory_init: str = option("upfront", "upfront (every example before training) or lazy (on first visits, §2.2)")
+    memory_max_reuse: int | None = option(None, "forget a correct entry after retraining on it at this many visits (null: never; biased, §2.4)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.memory_init not in MEMORY_INITS:
             raise ValueError(f"{type(self).__name__}.memory_init must be one of {', '.join(MEMORY_INITS)}, got {self.memory_init!r}")
+        if self.memory_max_reuse is not None and (isinstance(self.memory_max_reuse, bool) or not isinstance(self.memory_max_reuse, int) or self.memory_max_reuse < 0):
+            raise ValueError(f"{type(self).__name__}.memory_max_reuse must be a non-negative int (or None), got {self.memory_max_reuse!r}")
         if self.num_gradient_samples is not None and self.num_gradient_samples < 1:
             raise ValueError(f"{type(self).__name__}.num_gradient_samples must be at least 1 (or None), got {self.num_gradient_samples}")
 
@@ -465,7 +471,8 @@ class Visit:
     prompts: list[str]  # un-hinted CoT prompts: proposals are drawn and scored under them
     proposals: Samples  # k per example, prompt-major
     proposal_correct: torch.Tensor  # bool (M, k)
-    memory_correct: torch.Tensor  # bool (M,), before the update
+    memory_correct: torch.Tensor  # bool (M,), before the update (a forgotten entry counts as incorrect)
+    forgotten: torch.Tensor  # bool (M,): correct entries retrained on ``memory_max_reuse`` times
     replacement: torch.Tensor  # long (M,): the proposal that replaced the entry, or -1
     updated: list[list[int]]  # the memory entries after the update (token ids)
 
@@ -496,6 +503,8 @@ class Trice(Algorithm):
         # Whether it is still the initial sample drawn with the answer shown (rationalization;
         # docs/algorithms.md §2.2 says why the log tracks it).
         self.memory_hinted = torch.zeros(num_examples, dtype=torch.bool)
+        # At how many visits the entry was retrained on since it was written (memory_max_reuse).
+        self.memory_reuses = torch.zeros(num_examples, dtype=torch.int32)
         self.resample_generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -515,6 +524,7 @@ class Trice(Algorithm):
         self.memory_correct[rows] = correct
         self.memory_filled[rows] = True
         self.memory_hinted[rows] = hinted
+        self.memory_reuses[rows] = 0
 
     def _memory_stats(self) -> dict[str, float]:
         """The share of examples with a correct entry, and of those entries the share that
@@ -561,12 +571,16 @@ class Trice(Algorithm):
         proposal_correct = torch.as_tensor(self.correct(proposals, indices)).reshape(len(indices), k)
         if self.config.memory_init == "lazy":
             self._fill_lazily(indices, proposal_correct)
-        memory_correct = self.memory_correct[torch.as_tensor(list(indices), dtype=torch.long)].clone()
+        rows = torch.as_tensor(list(indices), dtype=torch.long)
+        memory_correct = self.memory_correct[rows].clone()
+        max_reuse = self.config.memory_max_reuse
+        forgotten = memory_correct & (self.memory_reuses[rows] >= max_reuse) if max_reuse is not None else torch.zeros_like(memory_correct)
+        memory_correct &= ~forgotten
         replacement = choose_replacements(proposal_correct, generator)
         updated = [
             proposals.token_ids[m * k + int(r)] if r >= 0 else self.memory_rationale(i) for m, (i, r) in enumerate(zip(indices, replacement))
         ]
-        return Visit(list(indices), prompts, proposals, proposal_correct, memory_correct, replacement, updated)
+        return Visit(list(indices), prompts, proposals, proposal_correct, memory_correct, forgotten, replacement, updated)
 
     def _candidates(self, visit: Visit, generator: torch.Generator) -> tuple[list[str], list[list[int]], torch.Tensor]:
         """The rationales whose scores enter the gradient, their (un-hinted) prompts and
@@ -593,6 +607,9 @@ class Trice(Algorithm):
         visit = self._propose(self.next_batch(), self.resample_generator)
         num_candidates, loss = self._accumulate(visit, self.resample_generator)
         grad_norm = self.apply_gradient()
+        rows = torch.as_tensor(visit.indices, dtype=torch.long)
+        self.memory_correct[rows[visit.forgotten]] = False
+        self.memory_reuses[rows[visit.memory_correct & (visit.replacement < 0)]] += 1  # retrained on, kept
         accepted = [m for m in range(len(visit.indices)) if visit.replacement[m] >= 0]
         self._write_memory(
             [visit.indices[m] for m in accepted], [visit.updated[m] for m in accepted], torch.ones(len(accepted), dtype=torch.bool)
@@ -637,6 +654,7 @@ class Trice(Algorithm):
             "memory_correct": self.memory_correct.clone(),
             "memory_filled": self.memory_filled.clone(),
             "memory_hinted": self.memory_hinted.clone(),
+            "memory_reuses": self.memory_reuses.clone(),
             "resample_generator": self.resample_generator.get_state(),
         }
 
@@ -647,6 +665,7 @@ class Trice(Algorithm):
         self.memory_correct = state["memory_correct"].clone()
         self.memory_filled = state.get("memory_filled", torch.ones_like(self.memory_correct)).clone()
         self.memory_hinted = state.get("memory_hinted", torch.zeros_like(self.memory_correct)).clone()
+        self.memory_reuses = state.get("memory_reuses", torch.zeros_like(self.memory_lengths)).clone()
         self.resample_generator.set_state(state["resample_generator"])
 
 

@@ -220,3 +220,37 @@ def test_the_wiring_test_catches_realistic_mistakes(mutation, monkeypatch):
         monkeypatch.setattr(Trice, "cot_prompts", hinted_proposals)
     with pytest.raises(AssertionError):
         test_trice_accumulates_its_estimator_on_the_post_update_memory_and_unhinted_prompts()
+
+
+@pytest.mark.parametrize("cls,config", [(Trice, TriceConfig), (TriceK, TriceKConfig)])
+def test_memory_max_reuse_forgets_an_entry_after_it_was_retrained_on_that_many_times(cls, config):
+    """q1's correct initial entry is retrained on at the first visit (its proposal is wrong),
+    then forgotten at the second: that visit's estimate treats it as incorrect."""
+    proposals = {0: [3, 0], 1: [0, 5], 2: [5, 1], 3: [1, 0]}  # per visit; q1 wrong twice
+    policy = ToyPolicy(proposals, INITIAL)
+    extra = {"num_proposals": 1} if cls is TriceK else {}
+    algorithm = cls(policy, ToyTask(), config(batch_size=Q, lr=0.1, memory_max_reuse=1, **extra), seed=0)
+    algorithm.setup()
+    first = algorithm.step()
+    assert algorithm.memory_reuses.tolist() == [0, 1, 0, 0] and first["memory_acc"] == 0.75
+    theta = policy.theta.detach().clone()
+    second = algorithm.step()
+    assert algorithm.memory_correct.tolist() == [True, False, True, False] and second["memory_acc"] == 0.5
+    order = [ToyPolicy.row(p) for p in policy.sampled_prompts[-Q:]]
+    memory_correct = torch.tensor([q in (0, 2) for q in order])  # q1's entry no longer counts
+    proposal_correct = torch.tensor([bool(CORRECT[q, proposals[q][1]]) for q in order])
+    w_mem, w_prop = trice_weights(memory_correct, proposal_correct)
+    entry = {0: 0, 1: 4, 2: 5, 3: 2}  # the entries after the first visit
+    expected = torch.zeros_like(theta)
+    for m, q in enumerate(order):
+        after = proposals[q][1] if proposal_correct[m] else entry[q]
+        expected += float(w_mem[m]) * score_gradient(theta, q, after) + float(w_prop[m]) * score_gradient(theta, q, proposals[q][1])
+    torch.testing.assert_close(policy.gradients[1], -expected)
+
+
+def test_memory_max_reuse_zero_trains_on_fresh_proposals_only():
+    proposals = {0: [1], 1: [0], 2: [5], 3: [1]}  # only q2's proposal is correct
+    algorithm, policy, theta, step_prompts = run_one_step(Trice, TriceConfig(batch_size=Q, memory_max_reuse=0), proposals, INITIAL)
+    grad = score_gradient(theta, 2, 5)  # K = 1: the one fresh correct proposal, weight 1
+    torch.testing.assert_close(policy.gradients[0], -grad)
+    assert algorithm.memory_correct.tolist() == [False, False, True, False]
