@@ -15,8 +15,9 @@ Per setting (a task and the built-in model of its family):
    "the hardest examples" (the share of them for which a method holds a correct rationale is
    logged as ``tracked_solved``).
 2. The learning-rate search: each method, the first seed, every learning rate of its grid (the
-   grid of its tune mode), the full budget; greedy accuracy on the validation split picks
-   the rate (ties: the smaller).  Test items are never used to choose anything.
+   grid of its tune mode; ``--lrs`` replaces the full-tuning grid, and one rate means no
+   search), the full budget; greedy accuracy on the validation split picks the rate (ties:
+   the smaller).  Test items are never used to choose anything.
 3. The remaining seeds at the chosen rate.  Every run evaluates greedy test accuracy every
    ``eval_every`` samples (at step 0, runs that start from the base model log the base
    model's) and majority-of-k at the end (search runs: only the chosen one, afterwards).
@@ -97,6 +98,9 @@ METHOD_SHAPES = {
     "grpo": {"batch_size": 4, "group_size": 8},
 }
 LEARNING_RATES = {"full": (3e-5, 1e-4, 3e-4), "prompt": (0.1, 0.3, 1.0)}
+# Over 300 steps 1e-4 already over-fits (docs/benchmark/notes-2026-12-01.md): the paper
+# preset's grid is a factor of 3 lower.
+PRESET_LEARNING_RATES = {"paper": {"full": (1e-5, 3e-5, 1e-4), "prompt": (0.1, 0.3, 1.0)}}
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,7 @@ class Plan:
     workers: int
     trl: bool = True
     progress: bool = True
+    learning_rates: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(LEARNING_RATES))  # the grid per tune mode
 
     @property
     def search_seed(self) -> int:
@@ -212,6 +217,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, any of: {', '.join(METHODS)}")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's); the first is the search seed")
     parser.add_argument("--budget-samples", type=int, help="samples per run (default: the preset's)")
+    parser.add_argument("--lrs", help="comma-separated learning rates of the fully tuned methods, replacing the preset's grid (one rate: no search)")
     parser.add_argument("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
     parser.add_argument("--out", default="runs/benchmark")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs in parallel, each on cores/workers torch threads (default: one per core)")
@@ -228,6 +234,14 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         if args.budget_samples <= 0:
             parser.error("--budget-samples must be positive")
         sizes = dataclasses.replace(sizes, budget_samples=args.budget_samples)
+    rates = dict(PRESET_LEARNING_RATES.get(args.preset, LEARNING_RATES))
+    if args.lrs:
+        try:
+            rates["full"] = tuple(sorted({float(lr) for lr in args.lrs.split(",")}))
+        except ValueError:
+            parser.error(f"--lrs must be comma-separated numbers, got {args.lrs!r}")
+        if not all(0 < lr < float("inf") for lr in rates["full"]):
+            parser.error(f"--lrs must be positive, got {args.lrs!r}")
     return Plan(
         sizes=sizes,
         settings=_choices(parser, args.settings or ",".join(sizes.settings), SETTINGS, "setting"),
@@ -237,6 +251,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
         workers=args.workers,
         trl=not args.no_trl,
         progress=not args.no_progress,
+        learning_rates=rates,
     )
 
 
@@ -257,8 +272,8 @@ def setting_task(name: str, sizes: Sizes) -> Task:
     return make_task(setting.env, **kwargs)
 
 
-def learning_rates(method: str) -> tuple[float, ...]:
-    return LEARNING_RATES[get_algorithm(method).default_tune or "full"]
+def learning_rates(plan: Plan, method: str) -> tuple[float, ...]:
+    return plan.learning_rates[get_algorithm(method).default_tune or "full"]
 
 
 def run_folder(plan: Plan, setting: str, lr: float) -> Path:
@@ -471,7 +486,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         "settings": {name: dataclasses.asdict(SETTINGS[name]) for name in plan.settings},
         "methods": plan.methods,
         "method_shapes": METHOD_SHAPES,
-        "learning_rates": LEARNING_RATES,
+        "learning_rates": plan.learning_rates,
         "seeds": plan.seeds,
         "machine": machine_info() | {"load1_start": load_average(), "matmul_gflops": round(matmul_flops() / 1e9, 1)},
     }
@@ -479,12 +494,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     started = time.perf_counter()
     trl_kept = set(out.glob("*/trl-grpo/*.json"))
     outcomes, bases, trl_rows = run_all(plan)
-    chosen = {(s, m): choose_rate(outcomes, s, m, plan.search_seed) for s in plan.settings for m in plan.methods}
+    chosen = {(s, m): choose_rate(plan, outcomes, s, m) for s in plan.settings for m in plan.methods}
     search = [
         {"setting": s, "method": m, "lr": lr, "seed": plan.search_seed, "val_acc_greedy": outcomes[s, m, lr, plan.search_seed]["val_acc_greedy"], "test_acc_greedy": outcomes[s, m, lr, plan.search_seed]["eval_acc_greedy"], "chosen": lr == chosen[s, m]}
         for s in plan.settings
         for m in plan.methods
-        for lr in learning_rates(m)
+        for lr in learning_rates(plan, m)
     ]
     pd.DataFrame(search).to_csv(out / "lr_search.csv", index=False)
     pd.DataFrame(bases.values()).to_csv(out / "base.csv", index=False)
@@ -521,9 +536,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 METHOD_COST = {"star": 3, "trice-nocv": 1.6, "trice": 1.5, "trice-k": 1.4, "grpo": 1.4, "rft": 1.3, "cot-sft": 1, "prompt-tuning": 0.3}
 
 
-def choose_rate(outcomes: dict, setting: str, method: str, seed: int) -> float:
-    """The rate of best validation greedy accuracy (ties: the smaller)."""
-    return max(learning_rates(method), key=lambda lr: (outcomes[setting, method, lr, seed]["val_acc_greedy"], -lr))
+def choose_rate(plan: Plan, outcomes: dict, setting: str, method: str) -> float:
+    """The rate of best validation greedy accuracy on the search seed (ties: the smaller)."""
+    return max(learning_rates(plan, method), key=lambda lr: (outcomes[setting, method, lr, plan.search_seed]["val_acc_greedy"], -lr))
 
 
 def run_all(plan: Plan) -> tuple[dict, dict, list[dict]]:
@@ -535,15 +550,15 @@ def run_all(plan: Plan) -> tuple[dict, dict, list[dict]]:
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // plan.workers)
     cost = {s: setting_task(s, plan.sizes).max_new_tokens for s in plan.settings}
-    runs_total = len(plan.settings) * sum(len(learning_rates(m)) + len(plan.seeds) - 1 for m in plan.methods)
+    runs_total = len(plan.settings) * sum(len(learning_rates(plan, m)) + len(plan.seeds) - 1 for m in plan.methods)
     with ProcessPoolExecutor(plan.workers, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool, tqdm(total=runs_total, desc="benchmark runs", unit="run", disable=not plan.progress) as bar:
         settings = sorted(plan.settings, key=lambda s: -cost[s])
         bases = dict(zip(settings, pool.map(base_job, [plan] * len(settings), settings)))
         for s, base in bases.items():
             bar.write(f"[{s}] base model: test greedy {base['row']['eval_acc_greedy']:.3f}, majority {base['row']['eval_acc_majority']:.3f}, validation {base['row']['val_acc_greedy']:.3f}")
-        search = [RunJob(s, m, lr, plan.search_seed, majority=False) for s in settings for m in plan.methods for lr in learning_rates(m)]
+        search = [RunJob(s, m, lr, plan.search_seed, majority=False) for s in settings for m in plan.methods for lr in learning_rates(plan, m)]
         outcomes = _run_stage(pool, bar, plan, search, bases, cost)
-        chosen = [RunJob(s, m, choose_rate(outcomes, s, m, plan.search_seed), plan.search_seed, majority=True) for s in settings for m in plan.methods]
+        chosen = [RunJob(s, m, choose_rate(plan, outcomes, s, m), plan.search_seed, majority=True) for s in settings for m in plan.methods]
         majorities = [pool.submit(majority_job, plan, job) for job in chosen]
         trl = [pool.submit(trl_job, plan, job.setting, job.lr, seed) for job in chosen if job.method == "grpo" and plan.trl for seed in plan.seeds]
         others = [dataclasses.replace(job, seed=seed) for job in chosen for seed in plan.seeds[1:]]

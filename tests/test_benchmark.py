@@ -29,11 +29,11 @@ def smoke_benchmark(builtin_cache, data_dir, tmp_path_factory):
 
 
 def test_the_search_picks_the_best_validation_rate_and_every_seed_uses_it(smoke_benchmark):
-    benchmark, out, _ = smoke_benchmark
+    benchmark, out, argv = smoke_benchmark
     search = pd.read_csv(out / "lr_search.csv")
     results = pd.read_csv(out / "results.csv")
     for method, rows in search.groupby("method"):
-        assert sorted(rows["lr"]) == sorted(benchmark.learning_rates(method))
+        assert sorted(rows["lr"]) == sorted(benchmark.learning_rates(benchmark.parse_args(argv), method))
         best = rows.sort_values(["val_acc_greedy", "lr"], ascending=[False, True]).iloc[0]
         assert rows[rows["chosen"]]["lr"].tolist() == [best["lr"]]
         chosen = results[results["method"] == method]
