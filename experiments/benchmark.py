@@ -78,6 +78,7 @@ from envs import Task, make_task
 from trice_rl.budget import Budget, BudgetMeter
 from trice_rl.evaluation import EvalConfig, evaluate, hardest_quartile
 from trice_rl.machine import load_average, machine_info, matmul_flops
+from trice_rl.options import check_values, field_types, parse_assignments
 from trice_rl.plotting import matched_accuracy, plot_curves
 from trice_rl.policy import Policy
 from trice_rl.runner import Runner, RunConfig, add_to_result, atomic_write_text, finished_result, load_final_parameters
@@ -204,6 +205,7 @@ class Plan:
     trl: bool = True
     progress: bool = True
     learning_rates: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(LEARNING_RATES))  # the grid per tune mode
+    method_shapes: dict[str, dict] = field(default_factory=lambda: dict(METHOD_SHAPES))  # config fields per method (with --set)
 
     @property
     def search_seed(self) -> int:
@@ -217,6 +219,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, any of: {', '.join(METHODS)}")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's); the first is the search seed")
     parser.add_argument("--budget-samples", type=int, help="samples per run (default: the preset's)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field for every selected method that has it (repeatable), e.g. --set memory_max_reuse=0; a folder holding runs with other values is refused")
     parser.add_argument("--lrs", help="comma-separated learning rates of the fully tuned methods, replacing the preset's grid (one rate: no search)")
     parser.add_argument("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
     parser.add_argument("--out", default="runs/benchmark")
@@ -242,17 +245,44 @@ def parse_args(argv: list[str] | None = None) -> Plan:
             parser.error(f"--lrs must be comma-separated numbers, got {args.lrs!r}")
         if not all(0 < lr < float("inf") for lr in rates["full"]):
             parser.error(f"--lrs must be positive, got {args.lrs!r}")
+    methods = _choices(parser, args.methods, METHODS, "method")
     return Plan(
         sizes=sizes,
         settings=_choices(parser, args.settings or ",".join(sizes.settings), SETTINGS, "setting"),
-        methods=_choices(parser, args.methods, METHODS, "method"),
+        methods=methods,
         seeds=seeds,
         out=Path(args.out),
         workers=args.workers,
         trl=not args.no_trl,
         progress=not args.no_progress,
         learning_rates=rates,
+        method_shapes=_method_shapes(parser, methods, args.set),
     )
+
+
+def _method_shapes(parser: argparse.ArgumentParser, methods: tuple[str, ...], assignments: list[str]) -> dict[str, dict]:
+    """Each selected method's config fields: its batch shape and the ``--set`` values of the
+    fields it has (the rate and the completion length are the benchmark's own)."""
+    try:
+        overrides = parse_assignments(assignments)
+    except ValueError as error:
+        parser.error(str(error))
+    own = sorted({"lr", "max_new_tokens"} & set(overrides))
+    if own:
+        parser.error(f"--set {', '.join(own)}: the benchmark sets these itself (rates: --lrs)")
+    fields_of = {m: field_types(get_algorithm(m).Config) for m in methods}
+    unknown = [key for key in overrides if not any(key in names for names in fields_of.values())]
+    if unknown:
+        parser.error(f"--set {', '.join(unknown)}: no selected method has such a config field")
+    shapes = {}
+    for method in methods:
+        shapes[method] = METHOD_SHAPES[method] | {k: v for k, v in overrides.items() if k in fields_of[method]}
+        try:
+            check_values(get_algorithm(method).Config, shapes[method])
+            get_algorithm(method).Config(lr=1e-4, **shapes[method])
+        except (TypeError, ValueError) as error:
+            parser.error(f"--set: {error}")
+    return shapes
 
 
 def _choices(parser: argparse.ArgumentParser, text: str, valid, what: str) -> tuple[str, ...]:
@@ -346,7 +376,7 @@ def run_job(plan: Plan, job: RunJob, base: dict) -> dict:
         return finished | {"reused": True}
     task = setting_task(job.setting, sizes)
     cls = get_algorithm(job.method)
-    config = cls.Config(lr=job.lr, max_new_tokens=task.max_new_tokens, **METHOD_SHAPES[job.method])
+    config = cls.Config(lr=job.lr, max_new_tokens=task.max_new_tokens, **plan.method_shapes[job.method])
     algorithm = cls(method_policy(plan, job.setting, job.method, job.seed), task, config, seed=job.seed)
     starts_from_base = cls.prompt_kind == "cot" and cls.default_tune in (None, "full")
     run_config = RunConfig(
@@ -393,7 +423,7 @@ def run_trl_grpo(plan: Plan, setting: str, lr: float, seed: int) -> dict:
     from trice_rl.trl_adapter import matching_grpo_config, task_dataset, task_reward
 
     sizes, task = plan.sizes, setting_task(setting, plan.sizes)
-    prompts_per_step, group = METHOD_SHAPES["grpo"]["batch_size"], METHOD_SHAPES["grpo"]["group_size"]
+    prompts_per_step, group = plan.method_shapes["grpo"]["batch_size"], plan.method_shapes["grpo"]["group_size"]
     steps = -(-sizes.budget_samples // (prompts_per_step * group))
     path = resolve_model_path(SETTINGS[setting].model(sizes.model_size))
     model = AutoModelForCausalLM.from_pretrained(path)  # as the Policy loads it
@@ -479,13 +509,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     sizes = json.loads(json.dumps(dataclasses.asdict(plan.sizes)))
     if previous and previous.get("preset") != sizes:  # finished runs are reused: only with the same sizes
         raise SystemExit(f"benchmark.py: error: {out} holds a benchmark with other sizes ({previous.get('preset')}); choose another --out")
+    changed = [m for m in plan.methods if m in previous.get("method_shapes", {}) and previous["method_shapes"][m] != json.loads(json.dumps(plan.method_shapes[m]))]
+    if changed:
+        m = changed[0]
+        raise SystemExit(f"benchmark.py: error: {out} holds {m} runs with other settings ({previous['method_shapes'][m]}, now {plan.method_shapes[m]}); choose another --out")
+    previous_shapes = previous.get("method_shapes", {})
     command = " ".join(["python"] + sys.argv)
     config = {
         "command": command,
         "preset": sizes,
         "settings": {name: dataclasses.asdict(SETTINGS[name]) for name in plan.settings},
         "methods": plan.methods,
-        "method_shapes": METHOD_SHAPES,
+        "method_shapes": previous_shapes | plan.method_shapes,  # every method ever run in this folder
         "learning_rates": plan.learning_rates,
         "seeds": plan.seeds,
         "machine": machine_info() | {"load1_start": load_average(), "matmul_gflops": round(matmul_flops() / 1e9, 1)},

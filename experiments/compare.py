@@ -32,8 +32,6 @@ import inspect
 import json
 import sys
 import time
-import types
-import typing
 from pathlib import Path
 
 import gymnasium as gym
@@ -44,7 +42,7 @@ import envs  # noqa: F401  (registers the environments)
 from algorithms import ALGORITHM_NAMES, get_algorithm
 from envs.arithmetic import ArithmeticTask
 from envs import DataError, make_task
-from trice_rl.options import describe_config
+from trice_rl.options import check_values, describe_config, field_types, parse_assignments
 from trice_rl.budget import Budget, BudgetMeter
 from trice_rl import distributed
 from trice_rl.builtin_model import FAMILIES, VARIANTS, is_builtin, resolve_model_path
@@ -226,16 +224,10 @@ def budget_from(args: argparse.Namespace, preset: dict) -> Budget:
 
 def set_overrides(items: list[str], preset: dict) -> dict:
     """The ``--set`` values (JSON where they parse, else text) over the preset's shape."""
-    overrides = {"max_new_tokens": preset["max_new_tokens"], "batch_size": preset["batch_size"]}
-    for item in items:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            raise FlagError(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            overrides[field] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[field] = value
-    return overrides
+    try:
+        return {"max_new_tokens": preset["max_new_tokens"], "batch_size": preset["batch_size"]} | parse_assignments(items)
+    except ValueError as error:
+        raise FlagError(str(error)) from None
 
 
 def check_device(device: str) -> None:
@@ -383,38 +375,12 @@ def algorithm_configs(algos: list[str], overrides: dict, preset_lr: dict, tune: 
     configs = {}
     for name in algos:
         values = {"lr": preset_lr[tune_mode(name, tune)]} | {k: v for k, v in overrides.items() if k in types_of[name]}
-        for key, value in values.items():
-            kinds = types_of[name][key]
-            if not any(_fits(value, kind) for kind in kinds):
-                raise FlagError(f"--set {key}={json.dumps(value)}: {key} takes {' or '.join(_KIND_NAMES.get(k, k.__name__) for k in kinds)}")
         try:
+            check_values(get_algorithm(name).Config, values)
             configs[name] = get_algorithm(name).Config(**values)
         except (TypeError, ValueError) as error:
             raise FlagError(f"--set: {error}") from None
     return configs
-
-
-def field_types(config_class: type) -> dict[str, tuple]:
-    """Each config field's accepted types (``int | None``: int and NoneType)."""
-    hints = typing.get_type_hints(config_class)
-    types_of = {}
-    for field in dataclasses.fields(config_class):
-        hint = hints[field.name]
-        union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-        types_of[field.name] = typing.get_args(hint) if union else (hint,)
-    return types_of
-
-
-_KIND_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "null"}
-
-
-def _fits(value, kind) -> bool:
-    """Whether a --set value (parsed as JSON) is of a field's type; an integer is a number."""
-    if kind is type(None):
-        return value is None
-    if kind in (int, float):
-        return isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    return not isinstance(kind, type) or isinstance(value, kind)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,6 +1,9 @@
 """experiments/benchmark.py's plan (its command line) and experiments/report.py's sentences
 that need no benchmark run: fast, unlike tests/test_benchmark.py."""
 
+import dataclasses
+import json
+
 import pytest
 
 from tests.conftest import load_script
@@ -35,3 +38,35 @@ def test_the_report_says_whether_rates_were_searched_or_fixed():
     report = load_script("report")
     note = report.rates_note({"seeds": [0, 1], "learning_rates": {"full": [1e-5], "prompt": [0.1, 0.3, 1.0]}})
     assert "full: fixed at 1e-05" in note and "prompt: searched over 0.1, 0.3, 1 on seed 0" in note
+
+
+def test_set_overrides_a_field_of_every_selected_method_that_has_it(benchmark):
+    plan = benchmark.parse_args(["--methods", "trice,rft", "--set", "memory_max_reuse=0"])
+    assert plan.method_shapes["trice"] == {"batch_size": 32, "memory_max_reuse": 0}
+    assert plan.method_shapes["rft"] == benchmark.METHOD_SHAPES["rft"]
+
+
+@pytest.mark.parametrize(
+    "assignment,message",
+    [
+        ("memory_max_reuse", "expects FIELD=VALUE"),
+        ("no_such_field=1", "no_such_field: no selected method has such a config field"),
+        ("memory_max_reuse=soon", "memory_max_reuse takes an integer or null"),
+        ("memory_max_reuse=-1", "memory_max_reuse must be a non-negative int"),
+        ("lr=1e-3", "the benchmark sets these itself"),
+    ],
+)
+def test_bad_set_values_are_refused_with_the_field_named(benchmark, assignment, message, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--methods", "trice", "--set", assignment])
+    assert message in capsys.readouterr().err
+
+
+def test_a_folder_with_runs_of_other_settings_is_refused(benchmark, tmp_path):
+    """Finished runs are reused by name: a folder whose TRICE ran without the override
+    must not pass them off as runs with it."""
+    plan = benchmark.parse_args(["--preset", "smoke", "--methods", "trice"])
+    sizes = json.loads(json.dumps(dataclasses.asdict(plan.sizes)))
+    (tmp_path / "config.json").write_text(json.dumps({"preset": sizes, "method_shapes": {"trice": {"batch_size": 32}}}))
+    with pytest.raises(SystemExit, match="holds trice runs with other settings"):
+        benchmark.main(["--preset", "smoke", "--methods", "trice", "--set", "memory_max_reuse=0", "--out", str(tmp_path)])
