@@ -459,6 +459,12 @@ class TriceConfig(AlgorithmConfig):
             raise ValueError(f"{type(self).__name__}.memory_init must be one of {', '.join(MEMORY_INITS)}, got {self.memory_init!r}")
         if self.memory_max_reuse is not None and (isinstance(self.memory_max_reuse, bool) or not isinstance(self.memory_max_reuse, int) or self.memory_max_reuse < 0):
             raise ValueError(f"{type(self).__name__}.memory_max_reuse must be a non-negative int (or None), got {self.memory_max_reuse!r}")
+        if self.memory_max_reuse == 0 and self.control_variate and getattr(self, "num_proposals", 1) == 1:
+            # every valid example then holds only its correct proposal, so β = 1 and all weights vanish
+            raise ValueError(
+                f"{type(self).__name__}: memory_max_reuse=0 with the control variate and one proposal gives a zero gradient "
+                "whenever two examples are valid (§2.4); use trice-nocv or several proposals"
+            )
         if self.num_gradient_samples is not None and self.num_gradient_samples < 1:
             raise ValueError(f"{type(self).__name__}.num_gradient_samples must be at least 1 (or None), got {self.num_gradient_samples}")
 

@@ -219,7 +219,7 @@ def parse_args(argv: list[str] | None = None) -> Plan:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, any of: {', '.join(METHODS)}")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the preset's); the first is the search seed")
     parser.add_argument("--budget-samples", type=int, help="samples per run (default: the preset's)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field for every selected method that has it (repeatable), e.g. --set memory_max_reuse=0; a folder holding runs with other values is refused")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config field for every selected method that has it (repeatable), e.g. --set memory_max_reuse=4; a folder holding runs with other values is refused")
     parser.add_argument("--lrs", help="comma-separated learning rates of the fully tuned methods, replacing the preset's grid (one rate: no search)")
     parser.add_argument("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
     parser.add_argument("--out", default="runs/benchmark")

@@ -41,8 +41,8 @@ def test_the_report_says_whether_rates_were_searched_or_fixed():
 
 
 def test_set_overrides_a_field_of_every_selected_method_that_has_it(benchmark):
-    plan = benchmark.parse_args(["--methods", "trice,rft", "--set", "memory_max_reuse=0"])
-    assert plan.method_shapes["trice"] == {"batch_size": 32, "memory_max_reuse": 0}
+    plan = benchmark.parse_args(["--methods", "trice,rft", "--set", "memory_max_reuse=2"])
+    assert plan.method_shapes["trice"] == {"batch_size": 32, "memory_max_reuse": 2}
     assert plan.method_shapes["rft"] == benchmark.METHOD_SHAPES["rft"]
 
 
@@ -53,6 +53,7 @@ def test_set_overrides_a_field_of_every_selected_method_that_has_it(benchmark):
         ("no_such_field=1", "no_such_field: no selected method has such a config field"),
         ("memory_max_reuse=soon", "memory_max_reuse takes an integer or null"),
         ("memory_max_reuse=-1", "memory_max_reuse must be a non-negative int"),
+        ("memory_max_reuse=0", "memory_max_reuse=0 with the control variate"),
         ("lr=1e-3", "the benchmark sets these itself"),
     ],
 )
@@ -69,4 +70,4 @@ def test_a_folder_with_runs_of_other_settings_is_refused(benchmark, tmp_path):
     sizes = json.loads(json.dumps(dataclasses.asdict(plan.sizes)))
     (tmp_path / "config.json").write_text(json.dumps({"preset": sizes, "method_shapes": {"trice": {"batch_size": 32}}}))
     with pytest.raises(SystemExit, match="holds trice runs with other settings"):
-        benchmark.main(["--preset", "smoke", "--methods", "trice", "--set", "memory_max_reuse=0", "--out", str(tmp_path)])
+        benchmark.main(["--preset", "smoke", "--methods", "trice", "--set", "memory_max_reuse=2", "--out", str(tmp_path)])

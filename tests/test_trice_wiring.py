@@ -248,9 +248,20 @@ def test_memory_max_reuse_forgets_an_entry_after_it_was_retrained_on_that_many_t
     torch.testing.assert_close(policy.gradients[1], -expected)
 
 
-def test_memory_max_reuse_zero_trains_on_fresh_proposals_only():
-    proposals = {0: [1], 1: [0], 2: [5], 3: [1]}  # only q2's proposal is correct
-    algorithm, policy, theta, step_prompts = run_one_step(Trice, TriceConfig(batch_size=Q, memory_max_reuse=0), proposals, INITIAL)
-    grad = score_gradient(theta, 2, 5)  # K = 1: the one fresh correct proposal, weight 1
+def test_memory_max_reuse_zero_without_the_control_variate_is_rejection_sampling_with_one_particle():
+    proposals = {0: [3], 1: [0], 2: [5], 3: [1]}  # q0's and q2's proposals are correct
+    config = TriceConfig(batch_size=Q, memory_max_reuse=0, control_variate=False)
+    algorithm, policy, theta, step_prompts = run_one_step(Trice, config, proposals, INITIAL)
+    grad = (score_gradient(theta, 0, 3) + score_gradient(theta, 2, 5)) / 2  # the mean over fresh correct proposals
     torch.testing.assert_close(policy.gradients[0], -grad)
-    assert algorithm.memory_correct.tolist() == [False, False, True, False]
+    assert algorithm.memory_correct.tolist() == [True, False, True, False]  # q1 forgotten, q0 and q2 replaced
+
+
+def test_memory_max_reuse_zero_with_the_control_variate_is_refused_where_it_cancels_every_weight():
+    # With one proposal and no memory every valid example has c̃ = 1, so β = 1 and w = 0 (K > 1).
+    w_mem, w_prop = trice_weights(torch.zeros(3, dtype=torch.bool), torch.tensor([True, True, False]))
+    assert (w_mem == 0).all() and (w_prop == 0).all()
+    with pytest.raises(ValueError, match="memory_max_reuse=0 with the control variate"):
+        TriceConfig(memory_max_reuse=0)
+    TriceConfig(memory_max_reuse=0, control_variate=False)
+    TriceKConfig(memory_max_reuse=0, num_proposals=4)  # β is the others' acceptance rate: not 1
