@@ -167,10 +167,44 @@ def expectations(results: pd.DataFrame, folder: Path) -> str:
                 d, se, _ = difference(results, setting, m, "prompt-tuning")
                 beats.append(f"{m} {d:+.3f} ± {se:.3f} ({verdict(d, se)})")
             lines.append(f"| {setting} | chain-of-thought methods > direct prompt tuning | {'; '.join(beats)} | {sum('(supported)' in x for x in beats)} of {len(cot)} supported | – | – |")
+        for line in half_samples_bar(results, folder, setting):
+            lines.append(line)
         ratio = variance_ratio(folder, setting)
         if ratio:
             lines.append(f"| {setting} | the control variate lowers gradient variance as accuracy rises | TRICE ÷ TRICE-noCV variance, {ratio} | see the variance plot | – | – |")
     return "\n".join(lines)
+
+
+def samples_to_reach(run: pd.DataFrame, accuracy: float) -> float:
+    """The samples drawn at a run's first test evaluation at or above ``accuracy`` (NaN: never)."""
+    evaluations = run[run["eval_acc_greedy"].notna()]
+    reached = evaluations[evaluations["eval_acc_greedy"] >= accuracy - 1e-9]
+    return float(reached["samples_drawn"].iloc[0]) if not reached.empty else float("nan")
+
+
+def half_samples_bar(results: pd.DataFrame, folder: Path, setting: str) -> list[str]:
+    """Issue 16's bar, per TRICE variant and baseline: does each seed's run reach the
+    baseline's final mean test greedy accuracy with at most half the baseline's samples?"""
+    rows = results[results["setting"] == setting]
+    lines = []
+    for variant in ("trice", "trice-k"):
+        runs = rows[rows["method"] == variant]
+        for baseline in ("star", "rft"):
+            base = rows[rows["method"] == baseline]
+            if runs.empty or base.empty:
+                continue
+            target, half = base["eval_acc_greedy"].mean(), base["samples_drawn"].mean() / 2
+            reached = []
+            for row in runs.itertuples():
+                path = folder / setting / f"lr{row.lr:g}" / f"{variant}-seed{row.seed}.csv"
+                reached.append(samples_to_reach(pd.read_csv(path), target) if path.exists() else float("nan"))
+            met = all(r <= half for r in reached)  # NaN (never reached) compares False
+            shown = ", ".join("never" if np.isnan(r) else f"{r:,.0f}" for r in reached)
+            lines.append(
+                f"| {setting} | {variant} reaches {baseline}'s final accuracy ({target:.3f}) with at most half its samples ({half:,.0f}) "
+                f"| samples to reach it, per seed: {shown} | {'met' if met else 'not met'} | – | – |"
+            )
+    return lines
 
 
 def variance_ratio(folder: Path, setting: str) -> str:

@@ -4,6 +4,7 @@ that need no benchmark run: fast, unlike tests/test_benchmark.py."""
 import dataclasses
 import json
 
+import pandas as pd
 import pytest
 
 from tests.conftest import load_script
@@ -71,3 +72,22 @@ def test_a_folder_with_runs_of_other_settings_is_refused(benchmark, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"preset": sizes, "method_shapes": {"trice": {"batch_size": 32}}}))
     with pytest.raises(SystemExit, match="holds trice runs with other settings"):
         benchmark.main(["--preset", "smoke", "--methods", "trice", "--set", "memory_max_reuse=2", "--out", str(tmp_path)])
+
+
+def test_the_half_samples_bar_reads_each_seed_s_curve(tmp_path):
+    """TRICE seed 0 reaches rft's final mean (0.25) at 400 samples of 1,000 (half: 500),
+    seed 1 only at 800: the bar is not met; with seed 1 faster it is."""
+    report = load_script("report")
+    folder = tmp_path / "s" / "lr0.0001"
+    folder.mkdir(parents=True)
+    curves = {0: [0.1, 0.2, 0.26, 0.3], 1: [0.1, 0.2, 0.2, 0.25]}
+    for seed, accuracy in curves.items():
+        pd.DataFrame({"samples_drawn": [0, 200, 400, 800], "eval_acc_greedy": accuracy}).to_csv(folder / f"trice-seed{seed}.csv", index=False)
+    results = pd.DataFrame(
+        {"setting": "s", "method": ["trice", "trice", "rft", "rft"], "seed": [0, 1, 0, 1], "lr": 1e-4, "eval_acc_greedy": [0.3, 0.25, 0.2, 0.3], "samples_drawn": 1000}
+    )
+    [line] = report.half_samples_bar(results, tmp_path, "s")
+    assert "per seed: 400, 800 | not met" in line and "(0.250)" in line
+    curves[1][2] = 0.25
+    pd.DataFrame({"samples_drawn": [0, 200, 400, 800], "eval_acc_greedy": curves[1]}).to_csv(folder / "trice-seed1.csv", index=False)
+    assert "per seed: 400, 400 | met" in report.half_samples_bar(results, tmp_path, "s")[0]
