@@ -254,8 +254,6 @@ def commands(config: dict) -> str:
     """The command that wrote the folder, or for a benchmark resumed in the same folder each
     invocation with its time and the finished runs it reused from the ones before."""
     invocations = config.get("invocations") or [{"command": config["command"], "wall_seconds": config.get("wall_seconds", float("nan"))}]
-    if len(invocations) == 1:
-        return f"Command: `{invocations[0]['command']}` ({invocations[0]['wall_seconds']:.0f} s)"
 
     def reuse(i: dict) -> str:
         parts = [f"{i['runs_reused']} of its {i['runs']} runs"] if i.get("runs_reused") else []
@@ -263,6 +261,8 @@ def commands(config: dict) -> str:
             parts.append(f"{i.get('trl_runs_reused') or 'none'} of its {i['trl_runs']} TRL runs")
         return ", reusing " + " and ".join(parts) if parts else ""
 
+    if len(invocations) == 1:  # runs it reused were finished in the folder before it (their times are the table's)
+        return f"Command: `{invocations[0]['command']}` ({invocations[0]['wall_seconds']:.0f} s{reuse(invocations[0])})"
     steps = [f"`{i['command']}` ({i['wall_seconds']:.0f} s{reuse(i)})" for i in invocations]
     return "Commands, one benchmark resumed in the same folder: " + ", then ".join(steps) + ","
 
