@@ -43,7 +43,9 @@ def difference(results: pd.DataFrame, setting: str, a: str, b: str, metric: str 
     x, y = rows[rows["method"] == a][metric].dropna(), rows[rows["method"] == b][metric].dropna()
     if x.empty or y.empty:
         return float("nan"), float("nan"), 0
-    se = np.sqrt((x.var(ddof=1) if len(x) > 1 else 0.0) / len(x) + (y.var(ddof=1) if len(y) > 1 else 0.0) / len(y))
+    if len(x) < 2 or len(y) < 2:  # no spread to judge a difference by
+        return float(x.mean() - y.mean()), float("nan"), min(len(x), len(y))
+    se = np.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y))
     return float(x.mean() - y.mean()), float(se), min(len(x), len(y))
 
 
@@ -52,6 +54,8 @@ def verdict(d: float, se: float, at_least: bool = False) -> str:
     or a tie within noise is reported as such."""
     if np.isnan(d):
         return "not measured"
+    if np.isnan(se):
+        return "not judged (one seed)"
     if d > 2 * se:
         return "supported"
     if d < -2 * se:
@@ -273,6 +277,12 @@ def matmul_note(machine: dict) -> str:
     return f" ({rate:.0f} GFLOP/s float32 matmul, 2048², {machine.get('threads', '?')} threads)" if rate else ""
 
 
+def own_sizes(config: dict) -> str:
+    """The settings whose training set is not the preset's (the large-training-set regime)."""
+    own = [f"{name}: {setting['num_train']:,}" for name, setting in config.get("settings", {}).items() if setting.get("num_train")]
+    return f" ({', '.join(own)})" if own else ""
+
+
 def rates_note(config: dict) -> str:
     """How each tune mode's learning rate was chosen: a grid searched on validation, or fixed."""
     seed = config["seeds"][0]
@@ -319,7 +329,7 @@ def build_section(folder: Path, throughput: Path | None, docs: Path, readme_dir:
         "Accuracy \"at equal FLOPs\" is read off each run's curve at the largest training FLOPs that every sampling method reached (per seed).",
         "",
         f"{commands(config)} on {machine.get('cpu', 'unknown CPU')}, "
-        f"{machine.get('cores', '?')} cores{matmul_note(machine)}, torch {machine.get('torch', '?')}, no GPU. Sizes: {sizes['num_train']} training examples "
+        f"{machine.get('cores', '?')} cores{matmul_note(machine)}, torch {machine.get('torch', '?')}, no GPU. Sizes: {sizes['num_train']} training examples{own_sizes(config)} "
         f"(validation {sizes['num_validation']}), {sizes['budget_samples']} samples per run, seeds {', '.join(map(str, config['seeds']))}, "
         f"majority of {sizes['majority_k']}. {rates_note(config)} "
         f"The full-size setting is `--preset full`.{time_note(results)}",

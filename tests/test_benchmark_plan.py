@@ -91,3 +91,12 @@ def test_the_half_samples_bar_reads_each_seed_s_curve(tmp_path):
     curves[1][2] = 0.25
     pd.DataFrame({"samples_drawn": [0, 200, 400, 800], "eval_acc_greedy": curves[1]}).to_csv(folder / "trice-seed1.csv", index=False)
     assert "per seed: 400, 400 | met" in report.half_samples_bar(results, tmp_path, "s")[0]
+
+
+def test_a_difference_over_one_seed_is_not_judged_and_own_training_sizes_are_named():
+    report = load_script("report")
+    results = pd.DataFrame({"setting": "s", "method": ["a", "b"], "eval_acc_greedy": [0.9, 0.8]})
+    d, se, n = report.difference(results, "s", "a", "b")
+    assert d == pytest.approx(0.1) and n == 1 and report.verdict(d, se) == "not judged (one seed)"
+    config = {"settings": {"arithmetic": {"num_train": None}, "arithmetic-large": {"num_train": 2000}}}
+    assert report.own_sizes(config) == " (arithmetic-large: 2,000)"
